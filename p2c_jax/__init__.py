@@ -1,0 +1,44 @@
+"""p2c-jax: photo2cartoon in JAX/Flax, faithful to the PyTorch original."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from p2c_jax.checkpoint import CheckpointError
+from p2c_jax.convert import FACENET, load_any
+from p2c_jax.models import NetSpec, build
+
+__all__ = ["CheckpointError", "CompiledNet", "NetSpec", "build", "load_face_embedder",
+           "load_generator"]
+
+
+class CompiledNet:
+    """A net in inference mode as a function of its input, jit-compiled once per input shape."""
+
+    def __init__(self, spec: NetSpec, state: nnx.State):
+        self.spec = spec
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(spec)))
+        self.state = jax.device_put(state)
+        self._apply = jax.jit(lambda state, x: nnx.merge(self.graphdef, state)(x))
+
+    def __call__(self, x: jax.Array):
+        return self._apply(self.state, x)
+
+
+def load_generator(path: str | Path, net: str = "genA2B") -> CompiledNet:
+    """``gen(x [N,H,W,3] in [-1,1]) -> (image [N,H,W,3], cam_logit [N,2], heatmap [N,H/4,W/4,1])``
+    from an original ``photo2cartoon_weights.pt`` or our checkpoint directory."""
+    spec, state = load_any(path, [net])[net]
+    if spec.kind != "generator":
+        raise CheckpointError(f"{path}: {net} is a {spec.kind}, not a generator")
+    return CompiledNet(spec, state)
+
+
+def load_face_embedder(path: str | Path) -> CompiledNet:
+    """``emb(x [N,112,112,3]) -> [N,512]`` (L2-normalised) from InsightFace's
+    ``model_mobilefacenet.pth`` or our checkpoint directory."""
+    spec, state = load_any(path, [FACENET])[FACENET]
+    return CompiledNet(spec, state)

@@ -1,0 +1,240 @@
+"""Weights between the original PyTorch checkpoints and ours.
+
+Our state paths are the torch keys split on dots (Sequential indices as ints), so the whole
+conversion is the key rule below plus one layout rule per parameter name (``LAYOUTS``).
+Two original formats are read and written:
+
+- ``photo2cartoon_weights.pt``: ``{net_name: state_dict}`` for any of genA2B, genB2A, disGA,
+  disGB, disLA, disLB;
+- InsightFace's ``model_mobilefacenet.pth``: a bare MobileFaceNet state_dict (net ``facenet``).
+
+CLI: ``python convert_weights.py --src SRC --dst DST`` (either direction, by SRC's type).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from p2c_jax import checkpoint
+from p2c_jax.checkpoint import CheckpointError, NetWeights
+from p2c_jax.models import TRAINING_NETS, NetSpec, abstract
+
+FACENET = "facenet"
+
+
+# --- layout rules: our array <-> torch tensor, by parameter name ------------------------------
+
+def _matrix_to_torch(a: np.ndarray) -> np.ndarray:
+    """Conv HWIO -> OIHW; linear [in, out] -> [out, in]; vectors unchanged."""
+    return {4: lambda: a.transpose(3, 2, 0, 1), 2: lambda: a.T}.get(a.ndim, lambda: a)()
+
+
+def _matrix_from_torch(t: np.ndarray) -> np.ndarray:
+    return {4: lambda: t.transpose(2, 3, 1, 0), 2: lambda: t.T}.get(t.ndim, lambda: t)()
+
+
+def _reshaper(torch_shape: Callable[[int], tuple[int, ...]]):
+    return (lambda a: a.reshape(torch_shape(a.size)), lambda t: t.reshape(-1))
+
+
+# name -> (ours_to_torch, torch_to_ours); names not listed are stored as they are.
+LAYOUTS: dict[str, tuple[Callable, Callable]] = {
+    "weight": (_matrix_to_torch, _matrix_from_torch),
+    "weight_orig": (_matrix_to_torch, _matrix_from_torch),
+    "rho": _reshaper(lambda c: (1, c, 1, 1)),
+    "gamma": _reshaper(lambda c: (1, c, 1, 1)),
+    "beta": _reshaper(lambda c: (1, c, 1, 1)),
+    "w_gamma": _reshaper(lambda c: (1, c)),
+    "w_beta": _reshaper(lambda c: (1, c)),
+    "num_batches_tracked": (lambda a: a.astype(np.int64), lambda t: t.astype(np.int32)),
+}
+_IDENTITY = (lambda a: a, lambda t: t)
+
+
+def torch_key(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def state_path(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
+def to_torch_array(path: tuple, a: np.ndarray) -> np.ndarray:
+    return LAYOUTS.get(path[-1], _IDENTITY)[0](np.asarray(a))
+
+
+def from_torch_array(path: tuple, t: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(LAYOUTS.get(path[-1], _IDENTITY)[1](np.asarray(t)))
+
+
+# --- reading a spec off a state_dict ----------------------------------------------------------
+
+def spec_from_state_dict(net: str, sd: Mapping[str, np.ndarray]) -> NetSpec:
+    """Kind and hyper-parameters (ngf, light, img_size / ndf, n_layers / embedding size)."""
+    if "ConvBlock1.1.weight" in sd and "FC.0.weight" in sd:
+        ngf = sd["ConvBlock1.1.weight"].shape[0]
+        fc_in = sd["FC.0.weight"].shape[1]
+        if fc_in == 4 * ngf:
+            return NetSpec("generator", ngf, light=True)
+        side = math.isqrt(fc_in // (4 * ngf))
+        if side * side * 4 * ngf != fc_in:
+            raise CheckpointError(f"{net}: FC.0.weight {tuple(sd['FC.0.weight'].shape)} fits no "
+                                  f"img_size for ngf={ngf}")
+        return NetSpec("generator", ngf, img_size=4 * side, light=False)
+    if "model.1.weight_orig" in sd:
+        n_convs = sum(1 for k in sd if k.startswith("model.") and k.endswith(".weight_orig"))
+        return NetSpec("discriminator", sd["model.1.weight_orig"].shape[0], n_layers=n_convs + 1)
+    if "conv_6_dw.conv.weight" in sd and "linear.weight" in sd:
+        return NetSpec("mobilefacenet", sd["linear.weight"].shape[0])
+    raise CheckpointError(f"{net}: not a photo2cartoon generator, discriminator or MobileFaceNet "
+                          f"state_dict (first keys: {list(sd)[:3]})")
+
+
+def expected_layout(spec: NetSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """torch key -> (shape, dtype) that a state_dict for ``spec`` must have."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(abstract(spec))):
+        dummy = np.zeros(var.shape, var.dtype)
+        t = to_torch_array(path, dummy)
+        out[torch_key(path)] = (t.shape, t.dtype)
+    return out
+
+
+def _problems(net: str, spec: NetSpec, sd: Mapping[str, np.ndarray]) -> list[str]:
+    expected = expected_layout(spec)
+    problems = [f"{net}: missing key {k} (expected shape {s})"
+                for k, (s, _) in expected.items() if k not in sd]
+    problems += [f"{net}: unexpected key {k}" for k in sd if k not in expected]
+    problems += [f"{net}: {k} has shape {tuple(sd[k].shape)}, expected {s}"
+                 for k, (s, _) in expected.items() if k in sd and tuple(sd[k].shape) != s]
+    return problems
+
+
+def state_from_torch(spec: NetSpec, sd: Mapping[str, np.ndarray]) -> nnx.State:
+    """Our state for ``spec`` from a checked torch state_dict (numpy arrays)."""
+    flat = [(path, var.replace(from_torch_array(path, sd[torch_key(path)]).astype(var.dtype)))
+            for path, var in nnx.to_flat_state(nnx.state(abstract(spec)))]
+    return nnx.from_flat_state(flat)
+
+
+def state_to_torch(state: nnx.State) -> dict[str, np.ndarray]:
+    """torch key -> numpy array in torch's layout and dtype."""
+    return {torch_key(path): to_torch_array(path, np.asarray(var[...]))
+            for path, var in nnx.to_flat_state(state)}
+
+
+# --- .pt / .pth files ------------------------------------------------------------------------
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise CheckpointError("reading or writing PyTorch checkpoints needs torch: "
+                              "pip install 'p2c-jax[torch]'") from e
+    return torch
+
+
+def read_torch_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{net: {key: array}}`` from an original ``.pt``/``.pth`` (never unpickles code)."""
+    torch = _torch()
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as e:  # torch raises many types for non-checkpoints
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint of state_dicts "
+                              f"(holds {type(obj).__name__})")
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {FACENET: {k: v.numpy() for k, v in obj.items()}}
+    bad = [k for k, v in obj.items()
+           if not (isinstance(v, Mapping) and all(isinstance(t, torch.Tensor) for t in v.values()))]
+    if bad:
+        raise CheckpointError(f"{path}: entries {bad} are not state_dicts")
+    return {net: {k: t.numpy() for k, t in sd.items()} for net, sd in obj.items()}
+
+
+def load_torch(path: str | Path, nets: list[str] | None = None, *,
+               log: Callable[[str], None] | None = None) -> NetWeights:
+    """Our weights for every net (or ``nets``) in an original checkpoint, all checked first.
+
+    Raises ``CheckpointError`` listing every missing key, unexpected key and shape mismatch.
+    """
+    raw = read_torch_file(path)
+    if nets is not None:
+        absent = [n for n in nets if n not in raw]
+        if absent:
+            raise CheckpointError(f"{path}: has no {', '.join(absent)} (it holds {', '.join(raw)})")
+        raw = {n: raw[n] for n in nets}
+    unknown = [n for n in raw if n not in TRAINING_NETS and n != FACENET]
+    if unknown:
+        raise CheckpointError(f"{path}: unknown nets {unknown}; expected some of {TRAINING_NETS}")
+    specs, problems = {}, []
+    for net, sd in raw.items():
+        try:
+            specs[net] = spec_from_state_dict(net, sd)
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        problems += _problems(net, specs[net], sd)
+    if problems:
+        raise CheckpointError(f"{path}: does not fit the photo2cartoon networks:\n  "
+                              + "\n  ".join(problems))
+    if log is not None and FACENET not in raw:
+        missing = [n for n in TRAINING_NETS if n not in raw]
+        log(f"{path}: found {', '.join(raw)}" + (f"; missing {', '.join(missing)}" if missing else ""))
+    return {net: (specs[net], state_from_torch(specs[net], sd)) for net, sd in raw.items()}
+
+
+def save_torch(path: str | Path, weights: NetWeights) -> None:
+    """Write what the original loads: a bare state_dict for ``facenet``, else ``{net: state_dict}``."""
+    torch = _torch()
+    sds = {net: {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in state_to_torch(st).items()}
+           for net, (_, st) in weights.items()}
+    obj = sds[FACENET] if set(sds) == {FACENET} else sds
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def load_any(path: str | Path, nets: list[str] | None = None, *,
+             log: Callable[[str], None] | None = None) -> NetWeights:
+    """Weights from an original ``.pt``/``.pth`` file or from our checkpoint directory."""
+    if Path(path).is_dir():
+        return checkpoint.load_nets(path, nets)
+    return load_torch(path, nets, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``convert_weights.py --src SRC --dst DST``: .pt/.pth -> our checkpoint dir, or back."""
+    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--src", required=True,
+                   help="an original photo2cartoon_weights.pt / model_mobilefacenet.pth, or our "
+                        "checkpoint directory (a training --workdir means its latest checkpoint)")
+    p.add_argument("--dst", required=True, help="our checkpoint directory, or a .pt/.pth file")
+    args = p.parse_args(argv)
+    src, dst = Path(args.src), Path(args.dst)
+    try:
+        if src.is_dir():
+            if dst.suffix not in (".pt", ".pth"):
+                raise CheckpointError(f"--dst {dst}: exporting a checkpoint directory writes a "
+                                      ".pt or .pth file")
+            weights = checkpoint.load_nets(src)
+            save_torch(dst, weights)
+        else:
+            weights = load_torch(src, log=print)
+            checkpoint.save_nets(dst, weights)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {dst}: {', '.join(f'{n} ({s.kind})' for n, (s, _) in weights.items())}")
+    return 0

@@ -1,0 +1,66 @@
+"""The four networks of photo2cartoon and how each is described and built.
+
+A ``NetSpec`` is all that is needed to build a net; checkpoints store one per net, and
+``convert.spec_from_state_dict`` reads it off an original PyTorch state_dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from flax import nnx
+
+from p2c_jax.discriminator import Discriminator
+from p2c_jax.generator import ResnetGenerator
+from p2c_jax.mobilefacenet import MobileFaceNet
+
+Kind = Literal["generator", "discriminator", "mobilefacenet"]
+GENERATORS = ("genA2B", "genB2A")
+DISCRIMINATORS = ("disGA", "disGB", "disLA", "disLB")
+TRAINING_NETS = GENERATORS + DISCRIMINATORS
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """Architecture hyper-parameters of one net; ``ch`` is ngf, ndf or the embedding size."""
+
+    kind: Kind
+    ch: int
+    img_size: int = 256  # generator
+    light: bool = True  # generator
+    n_layers: int = 5  # discriminator
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "NetSpec":
+        return cls(**d)
+
+
+def build(spec: NetSpec, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """A freshly initialised net of ``spec`` (torch's default initialisation)."""
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    if spec.kind == "generator":
+        return ResnetGenerator(spec.ch, spec.img_size, spec.light, rngs=rngs)
+    if spec.kind == "discriminator":
+        return Discriminator(spec.ch, spec.n_layers, rngs=rngs)
+    if spec.kind == "mobilefacenet":
+        return MobileFaceNet(spec.ch, rngs=rngs)
+    raise ValueError(f"unknown net kind {spec.kind!r}")
+
+
+def abstract(spec: NetSpec) -> nnx.Module:
+    """``build(spec)`` with shapes only, no memory: for checking and restoring weights."""
+    return nnx.eval_shape(lambda: build(spec))
+
+
+def training_specs(ch: int, img_size: int, light: bool) -> dict[str, NetSpec]:
+    """The six nets the original trainer builds for ``--ch --img_size --light``."""
+    gen = NetSpec("generator", ch, img_size=img_size, light=light)
+    return {"genA2B": gen, "genB2A": gen,
+            "disGA": NetSpec("discriminator", ch, n_layers=7),
+            "disGB": NetSpec("discriminator", ch, n_layers=7),
+            "disLA": NetSpec("discriminator", ch, n_layers=5),
+            "disLB": NetSpec("discriminator", ch, n_layers=5)}

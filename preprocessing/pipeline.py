@@ -1,0 +1,197 @@
+"""Photo -> aligned, cropped, background-whitened face; batch runs with a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from . import geometry
+from .io import ImageError, encode_png, load_rgb, write_atomic
+from .landmarks import Landmarker
+from .segmentation import Segmenter
+
+REPORT_NAME = "report.jsonl"
+
+
+class NoFaceError(ImageError):
+    """No face was found in the photo."""
+
+
+@dataclass
+class Output:
+    """One image to write for an input: name suffix, RGB pixels, optional metadata."""
+
+    suffix: str
+    image: np.ndarray
+    meta: dict | None = None
+
+
+Processor = Callable[[np.ndarray], list[Output]]
+
+
+def face_meta(alignment: geometry.Alignment) -> dict:
+    """The `--save_meta` record: landmarks in photo pixels, rotation, crop box on the canvas."""
+    return {
+        "landmarks": [[float(x), float(y)] for x, y in alignment.landmarks],
+        "angle_degrees": alignment.rotation.degrees,
+        "crop_box": [int(v) for v in alignment.box],
+    }
+
+
+@dataclass
+class Preprocessor:
+    """The original's `Preprocess.process` + white background, with pluggable backends.
+
+    Keeps the largest face, or every face (largest first) with `all_faces`.
+    `timings` accumulates seconds per stage.
+    """
+
+    landmarker: Landmarker
+    segmenter: Segmenter
+    all_faces: bool = False
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def _timed(self, stage: str, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        self.timings[stage] += time.perf_counter() - t
+        return out
+
+    def align(self, image: np.ndarray) -> list[geometry.Alignment]:
+        """Alignments of the faces kept, largest first."""
+        faces = self._timed("landmarks", self.landmarker, image)
+        if not faces:
+            raise NoFaceError("no face found")
+        order = sorted(range(len(faces)), key=lambda i: -geometry.landmark_box_area(faces[i]))
+        order = order if self.all_faces else [geometry.largest_face(faces)]
+        scale = getattr(self.landmarker, "box_height_scale", 1.0)
+        return [geometry.align(image.shape, faces[i], scale) for i in order]
+
+    def face(self, image: np.ndarray, alignment: geometry.Alignment) -> np.ndarray:
+        """The aligned crop of one face, composited on white by its mask."""
+        crop = self._timed("rotate_crop", geometry.aligned_crop, image, alignment)
+        left, top = alignment.box[:2]
+        mask = self._timed("segment", self.segmenter, crop, alignment.canvas_landmarks - (left, top))
+        return self._timed("composite", geometry.composite_on_white, crop, mask)
+
+    def __call__(self, image: np.ndarray) -> list[Output]:
+        alignments = self.align(image)
+        suffixes = [f"_{i}" for i in range(len(alignments))] if self.all_faces else [""]
+        return [Output(s, self.face(image, a), face_meta(a)) for s, a in zip(suffixes, alignments)]
+
+
+def as_is(image: np.ndarray) -> list[Output]:
+    """Store the decoded image unchanged (e.g. cartoons that are already aligned)."""
+    return [Output("", image)]
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every input done; 1: some failed; 2: none done."""
+        if self.failed == 0 and self.done + self.skipped > 0:
+            return 0
+        return 1 if self.done + self.skipped > 0 else 2
+
+    def line(self) -> str:
+        total = self.done + self.skipped + self.failed
+        text = f"{total} inputs: {self.done + self.skipped} done ({self.skipped} already), {self.failed} failed"
+        if self.reasons:
+            text += " [" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + "]"
+        return text
+
+
+def _output_stems(names: Sequence[str]) -> dict[str, str]:
+    """Relative output stem per input name: the name without its suffix, unless two collide."""
+    stems = {n: str(Path(n).with_suffix("")) for n in names}
+    count = Counter(stems.values())
+    return {n: (s if count[s] == 1 else n) for n, s in stems.items()}
+
+
+def _previous(report: Path) -> dict[str, dict]:
+    if not report.is_file():
+        return {}
+    records = {}
+    for line in report.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            records[rec["name"]] = rec
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def _already_done(rec: dict | None, save_path: Path) -> bool:
+    return bool(rec and rec.get("status") in ("done", "skipped") and rec.get("outputs")
+                and all((save_path / o).is_file() for o in rec["outputs"]))
+
+
+def run(
+    inputs: Iterable[tuple[Path, str]],
+    save_path: str | Path,
+    process: Processor,
+    *,
+    save_meta: bool = False,
+    progress: bool = True,
+    report_name: str = REPORT_NAME,
+    timings: dict[str, float] | None = None,
+) -> Summary:
+    """Process every (path, relative name) into `save_path`, never stopping on a bad file.
+
+    Each input gets a line in `save_path/report.jsonl` (done, already done, or the
+    reason it failed); inputs whose outputs from a previous run exist are skipped.
+    """
+    save_path = Path(save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
+    report = save_path / report_name
+    items = list(inputs)
+    stems = _output_stems([rel for _, rel in items])
+    previous = _previous(report)
+    timings = timings if timings is not None else defaultdict(float)
+    summary, records = Summary(), []
+    try:
+        for path, rel in tqdm(items, disable=not progress, unit="img", file=sys.stderr):
+            rec = {"name": rel, "input": str(path)}
+            if _already_done(previous.get(rel), save_path):
+                summary.skipped += 1
+                records.append({**rec, "status": "skipped", "outputs": previous[rel]["outputs"]})
+                continue
+            try:
+                t = time.perf_counter()
+                image = load_rgb(path)
+                timings["decode"] += time.perf_counter() - t
+                outputs = process(image)
+                t = time.perf_counter()
+                written = []
+                for out in outputs:
+                    stem = stems[rel] + out.suffix
+                    if save_meta and out.meta is not None:
+                        write_atomic(save_path / f"{stem}.json", json.dumps(out.meta).encode())
+                    write_atomic(save_path / f"{stem}.png", encode_png(out.image))
+                    written.append(f"{stem}.png")
+                timings["write"] += time.perf_counter() - t
+            except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+                reason = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+                summary.failed += 1
+                summary.reasons[reason.split(" (")[0]] += 1
+                records.append({**rec, "status": "failed", "reason": reason})
+                continue
+            summary.done += 1
+            records.append({**rec, "status": "done", "outputs": written})
+    finally:
+        write_atomic(report, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return summary
