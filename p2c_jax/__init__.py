@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -9,23 +10,28 @@ from flax import nnx
 
 from p2c_jax.checkpoint import CheckpointError
 from p2c_jax.convert import FACENET, load_any
-from p2c_jax.models import NetSpec, build
+from p2c_jax.models import NetSpec, abstract, build
 
 __all__ = ["CheckpointError", "CompiledNet", "NetSpec", "build", "load_face_embedder",
            "load_generator"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array):
+    return nnx.merge(graphdef, state)(x)
+
+
 class CompiledNet:
-    """A net in inference mode as a function of its input, jit-compiled once per input shape."""
+    """A net in inference mode as a function of its input, jit-compiled once per architecture
+    and input shape (nets of one spec share the compiled forward pass)."""
 
     def __init__(self, spec: NetSpec, state: nnx.State):
         self.spec = spec
-        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(spec)))
+        self.graphdef = nnx.graphdef(abstract(spec))
         self.state = jax.device_put(state)
-        self._apply = jax.jit(lambda state, x: nnx.merge(self.graphdef, state)(x))
 
     def __call__(self, x: jax.Array):
-        return self._apply(self.state, x)
+        return _apply(self.graphdef, self.state, x)
 
 
 def load_generator(path: str | Path, net: str = "genA2B") -> CompiledNet:

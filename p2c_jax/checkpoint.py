@@ -48,6 +48,8 @@ def tree_to_nets(tree: dict, config: dict, where: str = "") -> NetWeights:
             node = tree.get(net, {})
             for p in map(str, path):
                 node = node.get(p) if isinstance(node, dict) else None
+            if node is not None and var.shape == () and np.shape(node) == (1,):
+                node = np.reshape(node, ())  # Orbax stores scalars as [1]
             if node is None or tuple(np.shape(node)) != tuple(var.shape):
                 found = "missing" if node is None else f"shape {tuple(np.shape(node))}"
                 raise CheckpointError(f"{where}: {net}.{'.'.join(map(str, path))} is {found}, "

@@ -71,7 +71,7 @@ def to_torch_array(path: tuple, a: np.ndarray) -> np.ndarray:
 
 
 def from_torch_array(path: tuple, t: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(LAYOUTS.get(path[-1], _IDENTITY)[1](np.asarray(t)))
+    return np.array(LAYOUTS.get(path[-1], _IDENTITY)[1](np.asarray(t)), order="C")
 
 
 # --- reading a spec off a state_dict ----------------------------------------------------------
@@ -197,7 +197,7 @@ def load_torch(path: str | Path, nets: list[str] | None = None, *,
 def save_torch(path: str | Path, weights: NetWeights) -> None:
     """Write what the original loads: a bare state_dict for ``facenet``, else ``{net: state_dict}``."""
     torch = _torch()
-    sds = {net: {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in state_to_torch(st).items()}
+    sds = {net: {k: torch.from_numpy(np.array(a, order="C")) for k, a in state_to_torch(st).items()}
            for net, (_, st) in weights.items()}
     obj = sds[FACENET] if set(sds) == {FACENET} else sds
     path = Path(path)

@@ -7,6 +7,7 @@ A ``NetSpec`` is all that is needed to build a net; checkpoints store one per ne
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 from flax import nnx
@@ -51,8 +52,10 @@ def build(spec: NetSpec, rngs: nnx.Rngs | None = None) -> nnx.Module:
     raise ValueError(f"unknown net kind {spec.kind!r}")
 
 
+@functools.cache
 def abstract(spec: NetSpec) -> nnx.Module:
-    """``build(spec)`` with shapes only, no memory: for checking and restoring weights."""
+    """``build(spec)`` with shapes only, no memory, made once per spec (building takes
+    seconds): the structure for checking and restoring weights. Read it, never mutate it."""
     return nnx.eval_shape(lambda: build(spec))
 
 
