@@ -87,15 +87,6 @@ def test_augment_draws_cover_flips_and_all_crop_offsets():
     assert len({ip.augment_params(0, dom, 5, 1) for dom in "AB"} | {ip.augment_params(1, "A", 5, 1)}) > 1
 
 
-def test_augment_matches_torchvision(demo):
-    tvf = pytest.importorskip("torchvision.transforms.functional")
-    path = _files(demo, "trainA")[0]
-    aug = ip.Augment(flip=True, top=7, left=23)
-    img = tvf.crop(tvf.resize(tvf.hflip(_pil_rgb(path)), [SIZE + 30, SIZE + 30]), aug.top, aug.left, SIZE, SIZE)
-    want = tvf.normalize(tvf.to_tensor(img), [0.5] * 3, [0.5] * 3).numpy().transpose(1, 2, 0)
-    np.testing.assert_allclose(ip.transform(_pil_rgb(path), SIZE, aug), want, atol=1e-6)
-
-
 @pytest.mark.parametrize("augment", [False, True])
 def test_process_slices_concatenate_to_the_global_batch_and_resume(demo, augment):
     whole = _take(ip.train_batches(demo, "A", 6, SIZE, augment, seed=1), 4)
