@@ -75,12 +75,16 @@ class Preprocessor:
         scale = getattr(self.landmarker, "box_height_scale", 1.0)
         return [geometry.align(image.shape, faces[i], scale) for i in order]
 
-    def face(self, image: np.ndarray, alignment: geometry.Alignment) -> np.ndarray:
-        """The aligned crop of one face, composited on white by its mask."""
+    def crop_and_mask(self, image: np.ndarray, alignment: geometry.Alignment) -> tuple[np.ndarray, np.ndarray]:
+        """The aligned crop of one face (not whitened) and its uint8 portrait mask."""
         crop = self._timed("rotate_crop", geometry.aligned_crop, image, alignment)
         left, top = alignment.box[:2]
         mask = self._timed("segment", self.segmenter, crop, alignment.canvas_landmarks - (left, top))
-        return self._timed("composite", geometry.composite_on_white, crop, mask)
+        return crop, mask
+
+    def face(self, image: np.ndarray, alignment: geometry.Alignment) -> np.ndarray:
+        """The aligned crop of one face, composited on white by its mask."""
+        return self._timed("composite", geometry.composite_on_white, *self.crop_and_mask(image, alignment))
 
     def __call__(self, image: np.ndarray) -> list[Output]:
         alignments = self.align(image)
