@@ -1,0 +1,339 @@
+"""infer.py: PNGs equal our PyTorch port's output post-processed as the original test.py does
+(within 1 grey level), with and without preprocessing; every error path and exit code; the
+batch padded, compiled once and sharded over two devices."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from p2c_jax import load_generator, torch_port
+from p2c_jax.checkpoint import save_nets
+from p2c_jax.convert import load_torch
+from p2c_jax.inference import BatchedGenerator, Preparer, forward, main, run
+from preprocessing import geometry
+from preprocessing.pipeline import Preprocessor
+
+from reference import perturb
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = ["--batch_size", "2"]  # one compiled shape shared by the ngf=8 tests
+
+
+def make_weights(path: Path, ngf: int, seed: int = 0) -> torch.nn.Module:
+    """A perturbed light generator at 256, saved as the original's photo2cartoon_weights.pt."""
+    torch.manual_seed(seed)
+    model = perturb(torch_port.ResnetGenerator(ngf, img_size=256, light=True), seed)
+    sd = model.state_dict()
+    torch.save({"genA2B": sd, "genB2A": sd}, path)
+    return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def torch_one_thread():
+    """The reference runs single-threaded: on 2 shared cores, torch's threads mostly wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    path = tmp_path_factory.mktemp("weights") / "photo2cartoon_weights.pt"
+    return path, make_weights(path, ngf=8)
+
+
+# ------------------------------------------------- the original test.py, independently written
+
+def torch_cartoon(model: torch.nn.Module, face: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """256 x 256 uint8 RGB face (+ uint8 mask) -> the original's uint8 RGB cartoon."""
+    m = np.ones((256, 256, 1)) if mask is None else mask[:, :, None] / 255.0
+    x = (face * m + (1 - m) * 255) / 127.5 - 1
+    with torch.no_grad():
+        y = model(torch.from_numpy(x.transpose(2, 0, 1)[None].astype(np.float32)))[0][0]
+    cartoon = (y.numpy().transpose(1, 2, 0) + 1) * 127.5
+    return (cartoon * m + 255 * (1 - m)).astype(np.uint8)  # astype truncates, as the original
+
+
+def aligned_reference(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    return torch_cartoon(model, cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA), None)
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def assert_within_one(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def report(out: Path) -> dict[str, dict]:
+    return {r["name"]: r for r in map(json.loads, (out / "report.jsonl").read_text().splitlines())}
+
+
+# ------------------------------------------------- generated faces and stand-in backends
+
+def synthetic_photo(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth photo-like image: gradients, a skin-coloured ellipse, some noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([120 + 100 * xx, 80 + 120 * yy, 160 - 90 * xx * yy], axis=-1)
+    img = img + rng.normal(0, 12, img.shape)
+    cv2.ellipse(img, (w // 2, h // 2), (w // 5, h // 4), 10, 0, 360, (224, 172, 150), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def face_points(image: np.ndarray) -> np.ndarray:
+    """68 landmarks spanning the central ellipse, eye corners tilted (the alignment rotates)."""
+    h, w = image.shape[:2]
+    x0, x1, y0, y1 = 0.32 * w, 0.68 * w, 0.3 * h, 0.72 * h
+    pts = np.tile([(x0 + x1) / 2, (y0 + y1) / 2], (68, 1))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    pts[0], pts[16], pts[19], pts[8] = (x0, cy), (x1, cy), (cx, y0), (cx, y1)
+    pts[36], pts[45] = (0.4 * w, 0.45 * h), (0.6 * w, 0.42 * h)
+    return pts
+
+
+class StubLandmarker:
+    """One face in the middle of every photo, none in a photo darker than 20 on average."""
+
+    box_height_scale = 1.0
+
+    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+        return [] if image.mean() < 20 else [face_points(image)]
+
+
+def soft_mask(face: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """A feathered ellipse: the mask takes every value from 0 to 255."""
+    h, w = face.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot((xx - w / 2) / (0.4 * w), (yy - h / 2) / (0.45 * h))
+    return (np.clip(1.5 - r, 0, 1) * 255).astype(np.uint8)
+
+
+def stub_preparer() -> Preparer:
+    return Preparer(lambda: Preprocessor(StubLandmarker(), soft_mask))
+
+
+# ------------------------------------------------- equality with the PyTorch port
+
+def test_shared_aligned_photos_real_config(shared_dir, tmp_path):
+    """ngf=32 light (the released config), weights as .pt, --no_preprocess, last batch padded."""
+    model = make_weights(tmp_path / "w.pt", ngf=32, seed=1)
+    photos = sorted((shared_dir / "images").glob("aligned_photo_*.png"))
+    assert photos
+    out = tmp_path / "out"
+    rc = main([*map(str, photos), "-o", str(out), "--weights", str(tmp_path / "w.pt"),
+               "--no_preprocess", "--batch_size", "2", "--no_progress"])
+    assert rc == 0
+    for p in photos:
+        assert_within_one(png(out / p.name), aligned_reference(model, png(p)))
+
+
+def test_generated_faces_with_preprocessing(tmp_path, small):
+    """Aligned crop + soft mask resized to 256 (INTER_AREA), composited before and after."""
+    path, model = small
+    sizes = [(300, 260), (700, 640), (333, 301)]
+    items = []
+    for i, (h, w) in enumerate(sizes):
+        f = tmp_path / "in" / f"face_{i}.png"
+        f.parent.mkdir(exist_ok=True)
+        Image.fromarray(synthetic_photo(h, w, i)).save(f)
+        items.append((f, f.name))
+    gen = BatchedGenerator(load_generator(path), batch_size=2)
+    compiled = forward._cache_size()
+    summary = run(items, tmp_path / "out", gen, stub_preparer(), workers=2, progress=False)
+    assert (summary.done, summary.failed, summary.exit_code) == (3, 0, 0)
+    assert forward._cache_size() - compiled <= 1  # 2 + padded 1: one batch shape
+    for f, _ in items:
+        image = png(f)
+        alignment = geometry.align(image.shape, face_points(image))
+        crop = geometry.aligned_crop(image, alignment)
+        mask = soft_mask(crop, None)
+        rgba = cv2.resize(np.dstack((crop, mask)), (256, 256), interpolation=cv2.INTER_AREA)
+        want = torch_cartoon(model, rgba[:, :, :3], rgba[:, :, 3])
+        got = png(tmp_path / "out" / f.name)
+        assert_within_one(got, want)
+        assert (got[:4, :4] == 255).all()  # masked out: white
+
+
+def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):
+    """Our checkpoint dir gives the .pt's cartoons; --compare_torch reports per image and
+    overall."""
+    path, model = small
+    ckpt = tmp_path / "ckpt"
+    save_nets(ckpt, load_torch(path, ["genA2B"]))
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(synthetic_photo(256, 256, 10 + i)).save(src / f"a{i}.png")
+    out = tmp_path / "out"
+    rc = main([str(src / "*.png"), "-o", str(out), "--weights", str(ckpt), "--no_preprocess",
+               "--side_by_side", "--compare_torch", "--no_progress", *BATCH])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "3 inputs: 3 done, 0 failed; vs torch: max |diff| " in err
+    rep = report(out)
+    for i in range(3):
+        photo = png(src / f"a{i}.png")
+        both = png(out / f"a{i}.png")
+        assert both.shape == (256, 512, 3)
+        np.testing.assert_array_equal(both[:, :256], photo)
+        assert_within_one(both[:, 256:], aligned_reference(model, photo))
+        assert rep[f"a{i}.png"]["max_abs_diff"] <= 1 and rep[f"a{i}.png"]["psnr"] > 45
+        assert f"a{i}.png: max |diff| " in err
+
+
+# ------------------------------------------------- bad inputs and exit codes
+
+def test_mixed_folder(tmp_path, small, capsys):
+    """Good photos (nested too), a corrupt file, a text file, a grayscale and an RGBA image."""
+    path, model = small
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(synthetic_photo(256, 256, 1)).save(src / "good.png")
+    Image.fromarray(synthetic_photo(400, 300, 2)).save(src / "sub" / "big.jpg", quality=95)
+    Image.fromarray(synthetic_photo(256, 256, 3)).convert("L").save(src / "gray.png")
+    rgba = np.dstack([synthetic_photo(256, 256, 4), np.full((256, 256), 255, np.uint8)])
+    rgba[:64, :, 3] = 0  # transparent top: white, as the original's loader does
+    Image.fromarray(rgba, "RGBA").save(src / "rgba.png")
+    (src / "corrupt.png").write_bytes((src / "good.png").read_bytes()[:300])
+    (src / "notes.txt").write_text("not a photo")
+    Image.new("RGB", (8, 8)).save(src / "tiny.png")
+    out = tmp_path / "out"
+
+    rc = main([str(src), "-o", str(out), "--weights", str(path), "--no_preprocess", *BATCH])
+
+    assert rc == 1
+    rep = report(out)
+    assert {n: r["status"] for n, r in rep.items()} == {
+        "corrupt.png": "failed", "good.png": "done", "gray.png": "done", "notes.txt": "failed",
+        "rgba.png": "done", "sub/big.jpg": "done", "tiny.png": "failed"}
+    assert rep["notes.txt"]["reason"] == "not an image"
+    assert rep["corrupt.png"]["reason"].startswith("corrupt image")
+    assert rep["tiny.png"]["reason"] == "image too small (8x8)"
+    assert rep["sub/big.jpg"]["outputs"] == ["sub/big.png"]
+    expected_inputs = {
+        "good.png": png(src / "good.png"),
+        "sub/big.png": png(src / "sub" / "big.jpg"),
+        "gray.png": np.repeat(np.asarray(Image.open(src / "gray.png"))[:, :, None], 3, axis=2),
+        "rgba.png": np.where(rgba[:, :, 3:] == 255, rgba[:, :, :3], 255).astype(np.uint8),
+    }
+    for name, image in expected_inputs.items():
+        assert_within_one(png(out / name), aligned_reference(model, image))
+    assert sorted(p.name for p in out.rglob("*")) == [
+        "big.png", "good.png", "gray.png", "report.jsonl", "rgba.png", "sub"]  # no temp files
+    err = capsys.readouterr().err
+    assert "7 inputs: 4 done, 3 failed [" in err and "not an image: 1" in err
+
+
+def test_faceless_photos(tmp_path, small):
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(synthetic_photo(300, 300, 5)).save(src / "face.png")
+    Image.new("RGB", (300, 300), (5, 5, 5)).save(src / "dark.png")
+    items = [(src / "dark.png", "dark.png"), (src / "face.png", "face.png")]
+    gen = BatchedGenerator(load_generator(path), batch_size=2)
+    summary = run(items, tmp_path / "out", gen, stub_preparer(), progress=False)
+    assert (summary.done, summary.failed, summary.exit_code) == (1, 1, 1)
+    assert report(tmp_path / "out")["dark.png"] == {
+        "name": "dark.png", "input": str(src / "dark.png"), "status": "failed",
+        "reason": "no face found"}
+    none = run(items[:1], tmp_path / "none", gen, stub_preparer(), progress=False)
+    assert (none.done, none.exit_code) == (0, 2)
+    assert not list((tmp_path / "none").glob("*.png"))
+
+
+def unusable_weights(tmp: Path, kind: str) -> Path:
+    if kind == "missing":
+        return tmp / "nope.pt"
+    if kind == "text":
+        (tmp / "w.pt").write_text("not a checkpoint")
+    if kind == "no_genA2B":
+        torch.save({"genB2A": torch_port.ResnetGenerator(8, 256, True).state_dict()}, tmp / "w.pt")
+    if kind == "wrong_shapes":
+        sd = torch_port.ResnetGenerator(8, 256, True).state_dict()
+        sd["ConvBlock2.1.weight"] = torch.zeros(3, 8, 5, 5)
+        torch.save({"genA2B": sd}, tmp / "w.pt")
+    if kind == "empty_dir":
+        (tmp / "w.pt").mkdir()
+    return tmp / "w.pt"
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "no_genA2B", "wrong_shapes", "empty_dir"])
+def test_unusable_weights_exit_2(tmp_path, capsys, kind):
+    Image.fromarray(synthetic_photo(256, 256, 0)).save(tmp_path / "a.png")
+    weights = unusable_weights(tmp_path, kind)
+    rc = main([str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
+               "--no_preprocess", "--no_progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unusable weights: ") and str(weights) in err
+
+
+def test_nothing_to_do_exit_2(tmp_path, small, capsys):
+    path, _ = small
+    (tmp_path / "empty").mkdir()
+    args = ["-o", str(tmp_path / "out"), "--weights", str(path), "--no_preprocess", "--no_progress"]
+    assert main([str(tmp_path / "empty"), *args]) == 2
+    assert main([str(tmp_path / "missing_*.jpg"), *args]) == 2
+    assert report(tmp_path / "out")["missing_*.jpg"]["reason"] == "file not found"
+    assert "1 inputs: 0 done, 1 failed [file not found: 1]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("dlib", "skimage")),
+                    reason="needs the preprocess extra (dlib) and scikit-image")
+def test_dlib_and_grabcut_end_to_end(tmp_path, small):
+    """The default offline backends on a real face, and a photo without one."""
+    from skimage import data
+
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(data.astronaut()).save(src / "astronaut.jpg", quality=95)
+    Image.fromarray(data.coffee()).save(src / "coffee.png")
+    out = tmp_path / "out"
+    rc = main([str(src), "-o", str(out), "--weights", str(path), "--workers", "1",
+               "--no_progress", *BATCH])
+    assert rc == 1
+    rep = report(out)
+    assert rep["astronaut.jpg"]["status"] == "done"
+    assert rep["coffee.png"]["reason"] == "no face found"
+    cartoon = png(out / "astronaut.png")
+    assert cartoon.shape == (256, 256, 3) and (cartoon[:3, :3] == 255).all()
+
+
+# ------------------------------------------------- sharding over devices
+
+def test_two_devices_give_identical_pngs(tmp_path, small):
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(synthetic_photo(256, 256, 20 + i)).save(src / f"f{i}.png")
+    args = [str(src), "--weights", str(path), "--no_preprocess", "--no_progress",
+            "--batch_size", "3"]
+    assert main([*args, "-o", str(tmp_path / "one")]) == 0
+    code = ("import sys, jax; assert len(jax.local_devices()) == 2, jax.local_devices(); "
+            "from p2c_jax.inference import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / "two")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for i in range(5):
+        np.testing.assert_array_equal(png(tmp_path / "two" / f"f{i}.png"),
+                                      png(tmp_path / "one" / f"f{i}.png"))
