@@ -201,6 +201,32 @@ def upsample2x(x: jax.Array) -> jax.Array:
     return x.reshape(n, 2 * h, 2 * w, c)
 
 
+# Output phase (0 or 1) -> for each of the two rows (columns) of a 2x2 window over the
+# edge-padded input, the rows (columns) of the 3x3 kernel that fall on it.
+_PHASE_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
+
+
+def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``conv3x3(ReflectionPad2d(1)(Upsample(2)(x)))`` without building the upsampled image.
+
+    On a nearest-upsampled image, reflecting one pixel repeats the edge, and each of the four
+    output phases sees a 2x2 window of the edge-padded input: four 2x2 convolutions at the
+    input's resolution, 2.25x fewer multiply-adds than the 3x3 one at twice the resolution.
+    """
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    phases = []
+    for a in (0, 1):
+        rows = [sum(kernel[dy] for dy in taps) for taps in _PHASE_TAPS[a]]
+        row = []
+        for b in (0, 1):
+            k = jnp.stack([jnp.stack([sum(r[dx] for dx in taps) for taps in _PHASE_TAPS[b]])
+                           for r in rows])
+            row.append(conv2d(xp[:, a:a + h + 1, b:b + w + 1], k, None))
+        phases.append(jnp.stack(row, axis=3))
+    return jnp.stack(phases, axis=2).reshape(n, 2 * h, 2 * w, kernel.shape[-1])
+
+
 def avg_pool2x(x: jax.Array) -> jax.Array:
     """``F.avg_pool2d(x, 2)``."""
     n, h, w, c = x.shape
