@@ -16,9 +16,13 @@ __all__ = ["CheckpointError", "CompiledNet", "NetSpec", "build", "load_face_embe
            "load_generator"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array):
-    return nnx.merge(graphdef, state)(x)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array, per_sample: bool):
+    net = nnx.merge(graphdef, state)
+    if not per_sample:
+        return net(x)
+    # XLA:CPU runs these nets ~1.4x faster one image at a time than batched
+    return jax.lax.map(lambda xi: jax.tree.map(lambda a: a[0], net(xi[None])), x)
 
 
 class CompiledNet:
@@ -31,7 +35,7 @@ class CompiledNet:
         self.state = jax.device_put(state)
 
     def __call__(self, x: jax.Array):
-        return _apply(self.graphdef, self.state, x)
+        return _apply(self.graphdef, self.state, x, jax.default_backend() == "cpu")
 
 
 def load_generator(path: str | Path, net: str = "genA2B") -> CompiledNet:
