@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
