@@ -38,7 +38,7 @@ from tqdm import tqdm
 from p2c_jax import CheckpointError, CompiledNet, load_generator
 from p2c_jax.models import NetSpec, abstract
 from preprocessing.io import ImageError, discover, encode_png, load_rgb, write_atomic
-from preprocessing.pipeline import REPORT_NAME, Preprocessor
+from preprocessing.pipeline import REPORT_NAME, Preprocessor, output_stems
 
 NET = "genA2B"
 
@@ -190,10 +190,8 @@ class Summary:
 
 
 def output_names(names: Sequence[str]) -> dict[str, str]:
-    """Relative PNG name per input: its suffix replaced by .png, unless two inputs collide."""
-    stems = {n: str(Path(n).with_suffix("")) for n in names}
-    count = Counter(stems.values())
-    return {n: (s if count[s] == 1 else n) + ".png" for n, s in stems.items()}
+    """Relative PNG name per input: preprocessing's output stem + .png."""
+    return {n: s + ".png" for n, s in output_stems(names).items()}
 
 
 def reason_of(exc: BaseException) -> str:

@@ -119,7 +119,7 @@ class Summary:
         return text
 
 
-def _output_stems(names: Sequence[str]) -> dict[str, str]:
+def output_stems(names: Sequence[str]) -> dict[str, str]:
     """Relative output stem per input name: the name without its suffix, unless two collide."""
     stems = {n: str(Path(n).with_suffix("")) for n in names}
     count = Counter(stems.values())
@@ -163,7 +163,7 @@ def run(
     save_path.mkdir(parents=True, exist_ok=True)
     report = save_path / report_name
     items = list(inputs)
-    stems = _output_stems([rel for _, rel in items])
+    stems = output_stems([rel for _, rel in items])
     previous = _previous(report)
     timings = timings if timings is not None else defaultdict(float)
     summary, records = Summary(), []
