@@ -108,7 +108,10 @@ def _spectral_weight(w_mat: jax.Array, u: SpectralState, v: SpectralState,
         v_val = v_val / jnp.maximum(jnp.linalg.norm(v_val), 1e-12)
         u_val = w @ v_val
         u_val = u_val / jnp.maximum(jnp.linalg.norm(u_val), 1e-12)
-        u[...], v[...] = u_val, v_val
+        # set_value, not u[...] = ...: NNX's indexed assignment asks a tracer for its sharding,
+        # which builds an error message costing O(trace length) per call
+        u.set_value(u_val)
+        v.set_value(v_val)
     return jnp.dot(u_val, w_mat @ v_val)
 
 

@@ -1,10 +1,23 @@
-"""Shared fixtures: real images from ../shared when present, and reference PyTorch nets."""
+"""Shared fixtures: real images from ../shared when present.
+
+The session gets a persistent compilation cache of its own (inherited by the subprocesses the
+tests start), so that a training step compiled by one test is not compiled again by a CLI run
+of the same nets and shapes.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="p2c-jax-xla-cache-"))
+
+import jax  # noqa: E402  (after the environment it reads)
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

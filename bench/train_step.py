@@ -1,0 +1,119 @@
+"""Seconds per training step, compile time and peak RSS: our JAX step against our PyTorch port of
+the original trainer, at the original's defaults (256 x 256, batch 1, light, ch 32, Face-ID on).
+
+    python bench/train_step.py [--img_size 256] [--ch 32] [--steps 5] [--light true]
+
+Each side runs in its own process (so that its peak RSS is its own); the table is printed at
+the end. Random weights: the arithmetic, not the values, is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_jax(args) -> dict:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from p2c_jax import train_step as ts
+    from p2c_jax.face_id import FaceID
+    from p2c_jax.models import NetSpec, build, training_specs
+
+    specs = training_specs(args.ch, args.img_size, args.light)
+    face_spec = NetSpec("mobilefacenet", 512)
+    face = FaceID(face_spec, nnx.state(build(face_spec)))
+    hp = ts.Hparams()
+    model = ts.TrainModel(specs, face)
+    mesh = ts.make_mesh(jax.devices()[:1])
+    state = ts.put_replicated(model.init_state(ts.fresh_nets(specs, 0), hp), mesh)
+    face_state = ts.put_replicated(face.state, mesh)
+    step = ts.make_train_step(model, hp, mesh)
+    rng = np.random.default_rng(0)
+    shape = (1, args.img_size, args.img_size, 3)
+    batch = lambda: ts.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh)
+    a, b = batch(), batch()
+    t = time.perf_counter()
+    compiled = step.lower(state, face_state, a, b).compile()
+    compile_s = time.perf_counter() - t
+    state, _ = compiled(state, face_state, a, b)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(args.steps):
+        a, b = batch(), batch()
+        t = time.perf_counter()
+        state, _ = compiled(state, face_state, a, b)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+    return {"s_per_step": float(np.median(times)), "compile_s": compile_s,
+            "peak_rss_gb": _peak_rss_gb()}
+
+
+def run_torch(args) -> dict:
+    import numpy as np
+    import torch
+
+    from p2c_jax import torch_port
+    from p2c_jax.torch_trainer import TorchTrainer
+    from p2c_jax.train_step import Hparams
+
+    torch.manual_seed(0)
+    nets = {n: torch_port.ResnetGenerator(args.ch, args.img_size, args.light) for n in ("genA2B", "genB2A")}
+    nets.update({n: torch_port.Discriminator(3, args.ch, k)
+                 for n, k in (("disGA", 7), ("disGB", 7), ("disLA", 5), ("disLB", 5))})
+    trainer = TorchTrainer(nets, torch_port.MobileFaceNet(512), Hparams())
+    shape = (1, 3, args.img_size, args.img_size)
+    trainer.step(torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1)  # warm-up
+    times = []
+    for _ in range(args.steps):
+        a, b = torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1
+        t = time.perf_counter()
+        trainer.step(a, b)
+        times.append(time.perf_counter() - t)
+    return {"s_per_step": float(np.median(times)), "compile_s": 0.0, "peak_rss_gb": _peak_rss_gb()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--img_size", type=int, default=256)
+    p.add_argument("--ch", type=int, default=32)
+    p.add_argument("--light", type=lambda s: s.lower() == "true", default=True)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--only", choices=["jax", "torch"], default=None)
+    args = p.parse_args()
+    if args.only:
+        print(json.dumps((run_jax if args.only == "jax" else run_torch)(args)))
+        return
+    rows = {}
+    for side in ("torch", "jax"):
+        cmd = [sys.executable, __file__, "--only", side, "--img_size", str(args.img_size),
+               "--ch", str(args.ch), "--light", str(args.light).lower(), "--steps", str(args.steps)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows[side] = json.loads(out.strip().splitlines()[-1])
+        print(side, rows[side], flush=True)
+    print(f"\n{args.img_size} x {args.img_size}, batch 1, light={args.light}, ch={args.ch}, "
+          f"Face-ID on, median of {args.steps} steps")
+    print("| | s / step | compile s | peak RSS GB |\n|---|---|---|---|")
+    for side, name in (("torch", "PyTorch port (torch CPU)"), ("jax", "p2c-jax (XLA CPU)")):
+        r = rows[side]
+        print(f"| {name} | {r['s_per_step']:.2f} | {r['compile_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+    print(f"\nspeed-up {rows['torch']['s_per_step'] / rows['jax']['s_per_step']:.2f}x, "
+          f"memory {rows['jax']['peak_rss_gb'] / rows['torch']['peak_rss_gb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The training loop: exact resume, SIGTERM, the CLI end to end and its export.
+
+Both runs use the same nets, hyper-parameters and batch shape, so the CLI's subprocesses find
+the step this process compiled in the session's persistent compilation cache (conftest).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+
+from p2c_jax import checkpoint, torch_port, trainer
+from p2c_jax.demo_data import build_demo
+from p2c_jax.models import TRAINING_NETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_demo(tmp_path_factory.mktemp("data") / "demo", n_train=6, n_test=2, size=48)
+
+
+SIZE, CH, ITERATION = 96, 4, 4  # 96: the smallest size the 7-layer discriminator takes
+
+
+def _config(dataset: Path, workdir: Path, **kw) -> trainer.Config:
+    base = dict(dataset=str(dataset), workdir=str(workdir), iteration=ITERATION, batch_size=1,  # noqa: C408
+                save_freq=2, print_freq=0, faceid_weight=0, img_size=SIZE, ch=CH, keep=5,
+                log_every=1, progress=False, seed=3)
+    return trainer.Config(**{**base, **kw})
+
+
+def _final(workdir: Path) -> dict[str, np.ndarray]:
+    """Every array of the latest checkpoint: nets (params + spectral) and train state."""
+    path = checkpoint.resolve(workdir)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        items = ckptr.restore(path, ocp.args.Composite(nets=ocp.args.StandardRestore(),
+                                                       train_state=ocp.args.StandardRestore()))
+    flat = jax.tree_util.tree_flatten_with_path({"nets": items.nets, "ts": items.train_state})[0]
+    return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
+
+
+@pytest.mark.xdist_group("trainer")
+def test_resume_continues_exactly(dataset, tmp_path):
+    """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included)."""
+    assert trainer.train(_config(dataset, tmp_path / "straight")) == 4
+    assert trainer.train(_config(dataset, tmp_path / "split"), stop_at=2) == 2
+    assert sorted(os.listdir(tmp_path / "split" / "checkpoints")) == ["2"]
+    with pytest.raises(trainer.TrainError, match="--resume true"):
+        trainer.train(_config(dataset, tmp_path / "split"))
+    assert trainer.train(_config(dataset, tmp_path / "split", resume=True)) == 4
+    straight, split = _final(tmp_path / "straight"), _final(tmp_path / "split")
+    assert straight.keys() == split.keys() and len(straight) > 1000
+    for k in straight:
+        np.testing.assert_array_equal(straight[k], split[k], err_msg=k)
+    assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["2", "4"]
+
+
+@pytest.mark.xdist_group("trainer")
+def test_trains_from_tfrecords_as_from_folders(dataset, tmp_path):
+    """A dataset written as TFRecords by preprocessing trains exactly like its folders."""
+    pytest.importorskip("tensorflow_datasets")
+    from preprocessing.tfrecords import write_dataset
+
+    records = tmp_path / "records"
+    write_dataset(dataset, records)
+    assert not list(records.rglob("*.png"))
+    assert trainer.train(_config(dataset, tmp_path / "folders"), stop_at=2) == 2
+    assert trainer.train(_config(records, tmp_path / "tfrecords"), stop_at=2) == 2
+    folders, tfrecords = _final(tmp_path / "folders"), _final(tmp_path / "tfrecords")
+    assert folders.keys() == tfrecords.keys()
+    for k in folders:
+        np.testing.assert_array_equal(folders[k], tfrecords[k], err_msg=k)
+
+
+def test_faceid_without_weights_names_the_way_out(dataset, tmp_path):
+    with pytest.raises(trainer.TrainError, match="--faceid_weight 0"):
+        trainer.train(_config(dataset, tmp_path, faceid_weight=1))
+
+
+def test_too_small_img_size_names_the_flag(dataset, tmp_path):
+    with pytest.raises(trainer.TrainError, match="--img_size 64"):
+        trainer.train(_config(dataset, tmp_path, img_size=64))
+
+
+@pytest.mark.xdist_group("trainer")
+def test_cli_sigterm_leaves_restorable_checkpoint_and_exports(dataset, tmp_path):
+    """train.py with the original's flags, sent SIGTERM as soon as it starts training: it
+    finishes the step, writes its sample grids and checkpoint, exits 0; convert_weights.py
+    exports the checkpoint to a .pt that the original nets load strictly; --resume continues."""
+    workdir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", str(dataset), "--img_size", str(SIZE),
+           "--ch", str(CH), "--light", "true", "--iteration", str(ITERATION), "--batch_size", "1",
+           "--faceid_weight", "0", "--print_freq", "1", "--save_freq", "1000", "--log_every", "1",
+           "--gpu_ids", "0", "--benchmark_flag", "false", "--workdir", str(workdir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "training start" in line:  # the progress bar may precede it on this line
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "saving step 1" in out, out[-3000:]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+    assert set(checkpoint.load_nets(workdir)) == set(TRAINING_NETS)
+    for direction in ("A2B", "B2A"):
+        assert (workdir / "demo" / "img" / f"{direction}_0000001.png").exists()
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+    pt = tmp_path / "photo2cartoon_weights.pt"
+    res = subprocess.run([sys.executable, str(ROOT / "convert_weights.py"), "--src", str(workdir),
+                          "--dst", str(pt)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    sd = torch.load(pt, weights_only=True)
+    for name in ("genA2B", "genB2A"):
+        torch_port.ResnetGenerator(CH, SIZE, True).load_state_dict(sd[name], strict=True)
+    for name, n_layers in (("disGA", 7), ("disGB", 7), ("disLA", 5), ("disLB", 5)):
+        torch_port.Discriminator(3, CH, n_layers).load_state_dict(sd[name], strict=True)
+
+    res = subprocess.run(cmd + ["--resume", "true"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env=env, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "at step 1" in res.stdout
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1", str(ITERATION)]
