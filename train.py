@@ -4,8 +4,8 @@ The original's flags, names and defaults (``--phase --light --dataset --iteratio
 --print_freq --save_freq --decay_flag --lr --adv_weight --cycle_weight --identity_weight
 --cam_weight --faceid_weight --ch --n_dis --img_size --img_ch --resume --rho_clipper --w_clipper
 --pretrained_weights``), so old command lines keep working, plus ``--workdir --seed
---faceid_weights --augment --keep --log_every`` and the multi-host flags. ``--batch_size`` is the
-global batch, split over every device of every host. Try ``python train.py --dataset demo
+--faceid_weights --augment --keep --log_every --remat`` and the multi-host flags.
+``--batch_size`` is the global batch, split over every device of every host. Try ``python train.py --dataset demo
 --img_size 96 --ch 8 --iteration 200 --faceid_weight 0``.
 """
 
@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--augment", type=str2bool, default=True, help="random flip and crop, as the original")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--log_every", type=int, default=10, help="losses to the progress bar and TensorBoard every N steps")
+    p.add_argument("--remat", type=str2bool, default=False,
+                   help="recompute the generators' activations in the backward pass: less memory, slower")
     p.add_argument("--coordinator_address", type=str, default=None,
                    help="multi-host: host:port of process 0 (else read from the environment)")
     p.add_argument("--num_processes", type=int, default=None)

@@ -6,9 +6,9 @@ The state is a plain pytree (pure dicts of arrays, big_vision style)::
      "gen": {genA2B, genB2A: params}, "dis": {disGA, disGB, disLA, disLB: params},
      "spectral": {disGA, ...: weight_u / weight_v}, "opt_g": ..., "opt_d": ..., "rng": key}
 
-and the step is one function of (state, frozen face-ID state, global batch of A, of B) mapped
-over the mesh axis ``data`` with ``jax.shard_map``: params replicated, the batch split over
-devices, gradients summed across devices and hosts, the state donated.
+and the step (``TrainStep``) is a function of (state, frozen face-ID state, global batch of A, of B)
+whose programs are mapped over the mesh axis ``data`` with ``jax.shard_map``: params replicated,
+the batch split over devices, gradients summed across devices and hosts, the state donated.
 
 Semantics of the original ``UgatitSadalinHourglass.train`` step, in its order:
 
@@ -21,9 +21,7 @@ Semantics of the original ``UgatitSadalinHourglass.train`` step, in its order:
 3. rho of adaLIN / LIN clipped to [0, rho_clipper], w_gamma / w_beta to [0, w_clipper].
 
 The generator outputs of step 1 equal those of step 2 (G has not changed in between), so the
-generators run once, through ``jax.vjp``, and both updates use those outputs; the translation
-and identity calls of each generator are batched. (``lax.scan`` over the repeated nets would
-compile 4x faster but, measured on XLA:CPU, runs 4-10x slower: everything is unrolled.)
+generators run once, through ``jax.vjp``, and both updates use those outputs.
 Parameters that receive no gradient in the original (the ``ConvBlock4`` of every ConvBlock whose
 width does not change) are left to Adam's ``grad is None`` rule: not updated, not decayed.
 """
@@ -129,21 +127,9 @@ class TrainModel:
             args.append(state["spectral"][name])
         return nnx.state(nnx.merge(self.graphdefs[name], *args))
 
-    def generators(self, gen: Tree, real_A: jax.Array, real_B: jax.Array) -> dict:
-        """The six generator outputs of the G update (with their CAM logits): four calls, the
-        translation and the identity of each generator batched together ([A, B] -> genA2B,
-        [B, A] -> genB2A; every layer is per sample), then the cycle."""
-        n = real_A.shape[0]
-        a2b = nnx.merge(self.graphdefs["genA2B"], gen["genA2B"])
-        b2a = nnx.merge(self.graphdefs["genB2A"], gen["genB2A"])
-        x, cam, _ = a2b(jnp.concatenate([real_A, real_B]))
-        fake_A2B, fake_B2B, cam_A2B, cam_B2B = x[:n], x[n:], cam[:n], cam[n:]
-        x, cam, _ = b2a(jnp.concatenate([real_B, real_A]))
-        fake_B2A, fake_A2A, cam_B2A, cam_A2A = x[:n], x[n:], cam[:n], cam[n:]
-        return {"fake_A2B": fake_A2B, "fake_B2A": fake_B2A,
-                "fake_A2B2A": b2a(fake_A2B)[0], "fake_B2A2B": a2b(fake_B2A)[0],
-                "fake_A2A": fake_A2A, "fake_B2B": fake_B2B,
-                "cam_A2B": cam_A2B, "cam_B2A": cam_B2A, "cam_A2A": cam_A2A, "cam_B2B": cam_B2B}
+    def generator(self, name: str, params: Tree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(image, CAM logit) of generator ``name`` on ``x``."""
+        return nnx.merge(self.graphdefs[name], params)(x)[:2]
 
     def _dis_calls(self, kind: str, dis: Tree, spectral: Tree, inputs_A: list, inputs_B: list):
         """Training-mode calls of the ``kind`` ('G' global / 'L' local) discriminators: disXA on
@@ -234,51 +220,179 @@ def _apply(tx, grads, opt_state, params, lr):
     return params, opt_state
 
 
-def device_step(model: TrainModel, hp: Hparams, state: Tree, face_state, real_A, real_B,
-                *, with_grads: bool = False):
-    """The step on one device's share of the global batch, inside ``shard_map`` over ``AXIS``.
+# --- the step as five programs, each mapped over the mesh ---------------------------------------
+#
+# Per-device values that must cross from one program to the next (the generators' vjp
+# residuals, their partial parameter gradients) leave a program stacked on a new leading axis
+# (out_specs P(AXIS)) and enter the next one unstacked.
 
-    Each loss is this device's mean divided by the device count, so that the gradients, which
-    ``shard_map`` sums over devices for the replicated params, are those of the global mean.
-    """
+def _stacked(tree):
+    return jax.tree.map(lambda x: x[None], tree)
+
+
+def _unstacked(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def _gen_forward(model: TrainModel, name: str, params: Tree, x: jax.Array):
+    """Generator ``name`` on this device's ``x``: (image, CAM logit, stacked vjp)."""
+    (y, cam), vjp = jax.vjp(lambda p, x: model.generator(name, p, x), params, x)
+    return y, cam, _stacked(vjp)
+
+
+def _gen_backward(vjp, ct_y: jax.Array, ct_cam: jax.Array):
+    """(this device's parameter gradient, stacked; the input's cotangent)."""
+    grads, ct_x = _unstacked(vjp)((ct_y, ct_cam))
+    return _stacked(grads), ct_x
+
+
+def _gen_backward_remat(model: TrainModel, name: str, params: Tree, x: jax.Array,
+                        ct_y: jax.Array, ct_cam: jax.Array):
+    """``_gen_backward`` that runs the forward pass again instead of keeping its residuals."""
+    _, vjp = jax.vjp(lambda p, x: model.generator(name, p, x), params, x)
+    grads, ct_x = vjp((ct_y, ct_cam))
+    return _stacked(grads), ct_x
+
+
+def _d_update(model: TrainModel, hp: Hparams, with_grads: bool, dis: Tree, spectral: Tree,
+              opt_d, step, real_A, real_B, fake_A2B, fake_B2A):
+    """The D update. The loss is this device's mean over the device count: ``shard_map`` sums
+    gradients w.r.t. the replicated params over devices, giving those of the global mean."""
     n_dev = jax.lax.axis_size(AXIS)
-    step = state["step"] + 1
-    lr = learning_rate(hp, step)
-    tx = optimizer(hp)
 
-    outs, gen_vjp = jax.vjp(lambda g: model.generators(g, real_A, real_B), state["gen"])
-
-    # --- D update
-    def d_objective(dis, spectral):
-        loss, aux = model.d_loss(hp, dis, spectral, real_A, real_B,
-                                 jax.lax.stop_gradient(outs["fake_A2B"]),
-                                 jax.lax.stop_gradient(outs["fake_B2A"]))
+    def objective(dis, spectral):
+        loss, aux = model.d_loss(hp, dis, spectral, real_A, real_B, fake_A2B, fake_B2A)
         return loss / n_dev, aux
 
-    (d_local, (d_terms, spectral)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
-        state["dis"], state["spectral"])
-    dis, opt_d = _apply(tx, d_grads, state["opt_d"], state["dis"], lr)
+    (loss, (terms, spectral)), grads = jax.value_and_grad(objective, has_aux=True)(dis, spectral)
+    dis, opt_d = _apply(optimizer(hp), grads, opt_d, dis, learning_rate(hp, step + 1))
+    metrics = jax.lax.psum({"d_loss": loss, **{k: v / n_dev for k, v in terms.items()}}, AXIS)
+    return dis, spectral, opt_d, metrics, (grads if with_grads else None)
 
-    # --- G update against the updated discriminators
-    def g_objective(o, spectral):
-        loss, aux = model.g_loss(hp, o, dis, spectral, face_state, real_A, real_B)
+
+def _g_loss(model: TrainModel, hp: Hparams, dis: Tree, spectral: Tree, face_state, outs: dict,
+            real_A, real_B):
+    """The G loss against the updated discriminators: (spectral, metrics, cotangents of
+    ``outs``, this device's share)."""
+    n_dev = jax.lax.axis_size(AXIS)
+
+    def objective(outs, spectral):
+        loss, aux = model.g_loss(hp, outs, dis, spectral, face_state, real_A, real_B)
         return loss / n_dev, aux
 
-    (g_local, (g_terms, spectral)), outs_ct = jax.value_and_grad(g_objective, has_aux=True)(
-        outs, spectral)
-    (g_grads,) = gen_vjp(outs_ct)
-    gen, opt_g = _apply(optax.masked(tx, model.gen_mask), g_grads, state["opt_g"], state["gen"], lr)
-    gen = _clip(gen, hp)
+    (loss, (terms, spectral)), outs_ct = jax.value_and_grad(objective, has_aux=True)(outs, spectral)
+    metrics = jax.lax.psum({"g_loss": loss, **{k: v / n_dev for k, v in terms.items()}}, AXIS)
+    return spectral, metrics, outs_ct
 
-    new_state = {"step": step, "gen": gen, "dis": dis, "spectral": spectral,
-                 "opt_g": opt_g, "opt_d": opt_d, "rng": state["rng"]}
-    local = {"d_loss": d_local, "g_loss": g_local,
-             **{k: v / n_dev for k, v in {**d_terms, **g_terms}.items()}}
-    metrics = jax.lax.psum(local, AXIS)
-    metrics["lr"] = lr
-    if with_grads:
-        metrics["grads"] = {"dis": d_grads, "gen": g_grads}
-    return new_state, metrics
+
+def _g_update(model: TrainModel, hp: Hparams, gen: Tree, opt_g, step, partial_grads: dict):
+    """Sums each generator's stacked partial gradients over its calls and the devices, then
+    masked Adam and the clippers."""
+    grads = {name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, parts)), AXIS)
+             for name, parts in partial_grads.items()}
+    lr = learning_rate(hp, step + 1)
+    gen, opt_g = _apply(optax.masked(optimizer(hp), model.gen_mask), grads, opt_g, gen, lr)
+    return _clip(gen, hp), opt_g, step + 1, lr, grads
+
+
+class TrainStep:
+    """``step(state, face_state, real_A, real_B) -> (state, metrics)`` over ``mesh``.
+
+    ``state`` and ``face_state`` replicated (``replicated(mesh)``), ``real_A``/``real_B`` global
+    batches ``[B,H,W,3]`` sharded on their first axis (``batch_sharding(mesh)``). With
+    ``with_grads`` the metrics also hold the raw gradients (``grads['dis']``, ``grads['gen']``),
+    summed over devices, before weight decay and Adam.
+
+    The step runs as five jitted programs, each a ``jax.shard_map`` over ``AXIS``: a generator's
+    forward pass with its vjp (called for the six generator calls of the original), the D update,
+    the G loss with its cotangents, a generator's backward pass (six calls, the cycles first so
+    their input cotangents reach the translations), and the G update. As one program XLA
+    compiled the generator eight times (four calls, forward and backward) and took minutes;
+    this way it compiles one forward and one backward. The state is donated program by program.
+
+    With ``remat`` the generators keep no activations between their forward and backward
+    passes and run the forward pass again in the backward program (rematerialisation): less
+    memory for one more forward pass per call.
+    """
+
+    def __init__(self, model: TrainModel, hp: Hparams, mesh: Mesh, *, with_grads: bool = False,
+                 remat: bool = False):
+        self.with_grads, self.remat = with_grads, remat
+        rep, dat = P(), P(AXIS)
+        smap = functools.partial(jax.shard_map, mesh=mesh)
+        # the generator programs pass per-device values on (no replication check; their
+        # parameter gradients are summed over devices in the G update)
+        gen_map = functools.partial(smap, check_vma=False)
+        by_spec = {}  # the generator programs, one set per distinct generator spec
+        self._gen = {}
+        for name in GENERATORS:
+            spec = model.specs[name]
+            if spec not in by_spec:
+                apply = functools.partial(model.generator, name)
+                by_spec[spec] = {
+                    "forward": jax.jit(gen_map(functools.partial(_gen_forward, model, name),
+                                               in_specs=(rep, dat), out_specs=dat)),
+                    "apply": jax.jit(gen_map(apply, in_specs=(rep, dat), out_specs=dat)),
+                    "backward_remat": jax.jit(gen_map(
+                        functools.partial(_gen_backward_remat, model, name),
+                        in_specs=(rep,) + (dat,) * 3, out_specs=dat))}
+            self._gen[name] = by_spec[spec]
+        self._gen_backward = jax.jit(gen_map(_gen_backward, in_specs=dat, out_specs=dat))
+        self._d_update = jax.jit(
+            smap(functools.partial(_d_update, model, hp, with_grads),
+                 in_specs=(rep,) * 4 + (dat,) * 4, out_specs=rep), donate_argnums=(0, 1, 2))
+        self._g_loss = jax.jit(
+            smap(functools.partial(_g_loss, model, hp), in_specs=(rep,) * 3 + (dat,) * 3,
+                 out_specs=(rep, rep, dat)), donate_argnums=(1,))
+        self._g_update = jax.jit(
+            smap(functools.partial(_g_update, model, hp), in_specs=(rep, rep, rep, dat),
+                 out_specs=rep), donate_argnums=(0, 1))
+
+    def _forward(self, name: str, params: Tree, x: jax.Array):
+        """(image, CAM logit, pullback): ``pullback(ct_image, ct_cam)`` -> (stacked parameter
+        gradient, cotangent of ``x``)."""
+        programs = self._gen[name]
+        if self.remat:
+            y, cam = programs["apply"](params, x)
+            return y, cam, functools.partial(programs["backward_remat"], params, x)
+        y, cam, vjp = programs["forward"](params, x)
+        return y, cam, functools.partial(self._gen_backward, vjp)
+
+    def __call__(self, state: Tree, face_state, real_A: jax.Array, real_B: jax.Array):
+        gen = state["gen"]
+        # the original's six generator calls
+        A2B, cam_A2B, pb_A2B = self._forward("genA2B", gen["genA2B"], real_A)
+        B2A, cam_B2A, pb_B2A = self._forward("genB2A", gen["genB2A"], real_B)
+        A2B2A, _, pb_A2B2A = self._forward("genB2A", gen["genB2A"], A2B)
+        B2A2B, _, pb_B2A2B = self._forward("genA2B", gen["genA2B"], B2A)
+        A2A, cam_A2A, pb_A2A = self._forward("genB2A", gen["genB2A"], real_A)
+        B2B, cam_B2B, pb_B2B = self._forward("genA2B", gen["genA2B"], real_B)
+        outs = {"fake_A2B": A2B, "fake_B2A": B2A, "fake_A2B2A": A2B2A, "fake_B2A2B": B2A2B,
+                "fake_A2A": A2A, "fake_B2B": B2B, "cam_A2B": cam_A2B, "cam_B2A": cam_B2A,
+                "cam_A2A": cam_A2A, "cam_B2B": cam_B2B}
+
+        dis, spectral, opt_d, d_metrics, d_grads = self._d_update(
+            state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, A2B, B2A)
+        spectral, g_metrics, ct = self._g_loss(dis, spectral, face_state, outs, real_A, real_B)
+
+        # the cycles first: their input cotangents join those of the translations
+        no_cam = jnp.zeros_like(ct["cam_A2B"])
+        g_A2B2A, ct_A2B = pb_A2B2A(ct["fake_A2B2A"], no_cam)
+        g_B2A2B, ct_B2A = pb_B2A2B(ct["fake_B2A2B"], no_cam)
+        g_A2B, _ = pb_A2B(ct["fake_A2B"] + ct_A2B, ct["cam_A2B"])
+        g_B2A, _ = pb_B2A(ct["fake_B2A"] + ct_B2A, ct["cam_B2A"])
+        g_A2A, _ = pb_A2A(ct["fake_A2A"], ct["cam_A2A"])
+        g_B2B, _ = pb_B2B(ct["fake_B2B"], ct["cam_B2B"])
+        gen, opt_g, step, lr, g_grads = self._g_update(
+            gen, state["opt_g"], state["step"],
+            {"genA2B": [g_A2B, g_B2A2B, g_B2B], "genB2A": [g_B2A, g_A2B2A, g_A2A]})
+
+        new_state = {"step": step, "gen": gen, "dis": dis, "spectral": spectral,
+                     "opt_g": opt_g, "opt_d": opt_d, "rng": state["rng"]}
+        metrics = {**d_metrics, **g_metrics, "lr": lr}
+        if self.with_grads:
+            metrics["grads"] = {"dis": d_grads, "gen": g_grads}
+        return new_state, metrics
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -293,21 +407,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
-
-
-def make_train_step(model: TrainModel, hp: Hparams, mesh: Mesh, *, with_grads: bool = False,
-                    donate: bool = True) -> Callable:
-    """``step(state, face_state, real_A, real_B) -> (state, metrics)``, jitted over ``mesh``.
-
-    ``state`` and ``face_state`` replicated (``replicated(mesh)``), ``real_A``/``real_B`` global
-    batches ``[B,H,W,3]`` sharded on their first axis (``batch_sharding(mesh)``). With
-    ``with_grads`` the metrics also hold the raw gradients (``grads['dis']``, ``grads['gen']``),
-    summed over devices, before weight decay and Adam.
-    """
-    fn = functools.partial(device_step, model, hp, with_grads=with_grads)
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS)),
-                           out_specs=(P(), P()))
-    return jax.jit(mapped, donate_argnums=(0,) if donate else ())
 
 
 def put_replicated(tree, mesh: Mesh):

@@ -69,6 +69,7 @@ class Config:
     augment: bool = True
     keep: int = 3
     log_every: int = 10
+    remat: bool = False
     progress: bool = True
 
     def hparams(self) -> ts.Hparams:
@@ -133,12 +134,12 @@ def restore_state(manager: ocp.CheckpointManager, step: int, model: ts.TrainMode
 _STEP_CACHE: dict = {}
 
 
-def compiled_step(model: ts.TrainModel, hp: ts.Hparams, mesh) -> Callable:
-    """``make_train_step``, cached per (nets, face net, hparams, devices) within a process."""
+def compiled_step(model: ts.TrainModel, hp: ts.Hparams, mesh, remat: bool = False) -> Callable:
+    """``TrainStep``, cached per (nets, face net, hparams, devices, remat) within a process."""
     key = (tuple(sorted(model.specs.items())), id(model.face) if model.face else None, hp,
-           tuple(d.id for d in mesh.devices.flat))
+           tuple(d.id for d in mesh.devices.flat), remat)
     if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = ts.make_train_step(model, hp, mesh)
+        _STEP_CACHE[key] = ts.TrainStep(model, hp, mesh, remat=remat)
     return _STEP_CACHE[key]
 
 
@@ -297,7 +298,7 @@ def train(cfg: Config, *, specs: dict[str, NetSpec] | None = None, mesh=None,
 
     state = ts.put_replicated(host_state, mesh)
     face_state = ts.put_replicated(face.state, mesh) if face is not None else None
-    step_fn = compiled_step(model, hp, mesh)
+    step_fn = compiled_step(model, hp, mesh, cfg.remat)
     meta = {"seed": cfg.seed, "batch_size": cfg.batch_size, "dataset": str(cfg.dataset),
             "hparams": dataclasses.asdict(hp), "augment": cfg.augment}
 

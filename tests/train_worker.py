@@ -30,7 +30,7 @@ def batches(seed: int, steps: int, global_batch: int, size: int) -> list[tuple[n
 
 
 def run(weights: str, face_weights: str | None, steps: int, global_batch: int, size: int,
-        iteration: int) -> dict[str, np.ndarray]:
+        iteration: int, remat: bool = False) -> dict[str, np.ndarray]:
     """``steps`` steps on every device of every process from ``weights``; needs x64 enabled.
 
     Returns, on every process, flat arrays: ``step{i}/metrics...`` (losses, lr and the raw
@@ -55,7 +55,7 @@ def run(weights: str, face_weights: str | None, steps: int, global_batch: int, s
     state = model.init_state({n: st for n, (_, st) in nets.items()}, hp)
     state = ts.put_replicated(jax.tree.map(_float64, state), mesh)
     face_state = ts.put_replicated(jax.tree.map(_float64, face.state), mesh) if face else None
-    step = ts.make_train_step(model, hp, mesh, with_grads=True)
+    step = ts.TrainStep(model, hp, mesh, with_grads=True, remat=remat)
     per = global_batch // jax.process_count()
     lo = jax.process_index() * per
     out = {}
