@@ -5,8 +5,8 @@ The original's flags, names and defaults (``--phase --light --dataset --iteratio
 --cam_weight --faceid_weight --ch --n_dis --img_size --img_ch --resume --rho_clipper --w_clipper
 --pretrained_weights``), so old command lines keep working, plus ``--workdir --seed
 --faceid_weights --augment --keep --log_every --remat`` and the multi-host flags.
-``--batch_size`` is the global batch, split over every device of every host. Try ``python train.py --dataset demo
---img_size 96 --ch 8 --iteration 200 --faceid_weight 0``.
+``--batch_size`` is the global batch, split over every device of every host. Try
+``python train.py --dataset demo --img_size 96 --ch 8 --iteration 200 --faceid_weight 0``.
 """
 
 from __future__ import annotations

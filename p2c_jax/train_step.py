@@ -249,9 +249,7 @@ def _gen_backward(vjp, ct_y: jax.Array, ct_cam: jax.Array):
 def _gen_backward_remat(model: TrainModel, name: str, params: Tree, x: jax.Array,
                         ct_y: jax.Array, ct_cam: jax.Array):
     """``_gen_backward`` that runs the forward pass again instead of keeping its residuals."""
-    _, vjp = jax.vjp(lambda p, x: model.generator(name, p, x), params, x)
-    grads, ct_x = vjp((ct_y, ct_cam))
-    return _stacked(grads), ct_x
+    return _gen_backward(_gen_forward(model, name, params, x)[2], ct_y, ct_cam)
 
 
 def _d_update(model: TrainModel, hp: Hparams, with_grads: bool, dis: Tree, spectral: Tree,
@@ -285,14 +283,15 @@ def _g_loss(model: TrainModel, hp: Hparams, dis: Tree, spectral: Tree, face_stat
     return spectral, metrics, outs_ct
 
 
-def _g_update(model: TrainModel, hp: Hparams, gen: Tree, opt_g, step, partial_grads: dict):
+def _g_update(model: TrainModel, hp: Hparams, with_grads: bool, gen: Tree, opt_g, step,
+              partial_grads: dict):
     """Sums each generator's stacked partial gradients over its calls and the devices, then
     masked Adam and the clippers."""
     grads = {name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, parts)), AXIS)
              for name, parts in partial_grads.items()}
     lr = learning_rate(hp, step + 1)
     gen, opt_g = _apply(optax.masked(optimizer(hp), model.gen_mask), grads, opt_g, gen, lr)
-    return _clip(gen, hp), opt_g, step + 1, lr, grads
+    return _clip(gen, hp), opt_g, step + 1, lr, (grads if with_grads else None)
 
 
 class TrainStep:
@@ -345,8 +344,8 @@ class TrainStep:
             smap(functools.partial(_g_loss, model, hp), in_specs=(rep,) * 3 + (dat,) * 3,
                  out_specs=(rep, rep, dat)), donate_argnums=(1,))
         self._g_update = jax.jit(
-            smap(functools.partial(_g_update, model, hp), in_specs=(rep, rep, rep, dat),
-                 out_specs=rep), donate_argnums=(0, 1))
+            smap(functools.partial(_g_update, model, hp, with_grads),
+                 in_specs=(rep, rep, rep, dat), out_specs=rep), donate_argnums=(0, 1))
 
     def _forward(self, name: str, params: Tree, x: jax.Array):
         """(image, CAM logit, pullback): ``pullback(ct_image, ct_cam)`` -> (stacked parameter

@@ -117,17 +117,11 @@ def topologies(weights) -> dict:
     d, (nets, face, _, batch, size, iteration) = weights["dir"], weights["args"]
     args = (nets, face, 2, batch, size, iteration)  # the tests compare the first 2 steps
     port = train_worker.free_port()
-    waves = [lambda: [train_worker.start(d / "two.npz", 2, *args, process_id=i, num_processes=2,
-                                         port=port) for i in (0, 1)],
-             lambda: [train_worker.start(d / "eight.npz", 8, *args),
-                      train_worker.start(d / "four.npz", 4, *args)]]
-    for start in waves:
-        procs = start()
-        try:
-            train_worker.wait(procs)
-        finally:
-            for p in procs:
-                p.kill()
+    train_worker.run_together([
+        train_worker.start(d / "two.npz", 2, *args, process_id=i, num_processes=2, port=port)
+        for i in (0, 1)])
+    train_worker.run_together([train_worker.start(d / "eight.npz", 8, *args),
+                               train_worker.start(d / "four.npz", 4, *args)])
     return {name: dict(np.load(d / f"{name}.npz")) for name in ("eight", "four", "two")}
 
 

@@ -107,6 +107,15 @@ def wait(procs: list[subprocess.Popen], timeout: float = 1200) -> None:
             raise RuntimeError(f"a topology run failed:\n{out[-4000:]}")
 
 
+def run_together(procs: list[subprocess.Popen]) -> None:
+    """``wait`` for ``procs``; none outlives this call."""
+    try:
+        wait(procs)
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
