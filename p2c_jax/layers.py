@@ -69,6 +69,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int 
     """NHWC convolution with an HWIO kernel, torch semantics."""
     if groups == 1 and stride == 1 and kernel.shape[0] == 3 and kernel.shape[2] > 16:
         y = _conv3x3_sliced(x, kernel, padding)
+    elif groups > 1 and groups == x.shape[-1] == kernel.shape[3]:
+        y = _depthwise(x, kernel, stride, padding)
     else:
         y = _conv(x, kernel, stride, padding, groups)
     return y if bias is None else y + bias[...]
@@ -79,6 +81,23 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), [(padding, padding)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """A depthwise convolution as a sum of strided input windows times kernel taps: plain
+    multiply-adds that XLA fuses. XLA:CPU's grouped convolution is 5x slower forward and 3x
+    slower backward in MobileFaceNet (float32, batch 8), 7x slower backward in float64."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    k = kernel.shape[0]
+    h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+    out = 0
+    for i in range(k):
+        for j in range(k):
+            window = jax.lax.slice(x, (0, i, j, 0),
+                                   (x.shape[0], i + (h - 1) * stride + 1, j + (w - 1) * stride + 1,
+                                    x.shape[3]), (1, stride, stride, 1))
+            out = out + window * kernel[i, j, 0]
+    return out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
