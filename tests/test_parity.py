@@ -40,7 +40,7 @@ def test_generator_256(light):
     _generator_parity(ngf=32, img_size=256, light=light, batch=1, seed=2)
 
 
-@pytest.mark.parametrize("n_layers,size", [(7, 256), (5, 128)])
+@pytest.mark.parametrize("n_layers,size", [(7, 96), (5, 64)])
 def test_discriminator_eval_and_train_step(n_layers, size):
     torch.manual_seed(3)
     ref = perturb(torch_port.Discriminator(3, 32, n_layers), seed=3)
