@@ -80,7 +80,7 @@ def _float64(x):
 
 def start(out: Path, devices: int, weights: Path, face_weights: Path | None, steps: int,
           global_batch: int, size: int, iteration: int, process_id: int = 0,
-          num_processes: int = 1, port: int = 0) -> subprocess.Popen:
+          num_processes: int = 1, port: int = 0, remat: bool = False) -> subprocess.Popen:
     """This file as a script, in a process with ``devices`` CPU devices."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
            "JAX_PLATFORMS": "cpu"}
@@ -90,6 +90,8 @@ def start(out: Path, devices: int, weights: Path, face_weights: Path | None, ste
            "--num_processes", str(num_processes), "--port", str(port)]
     if face_weights:
         cmd += ["--face_weights", str(face_weights)]
+    if remat:
+        cmd.append("--remat")
     return subprocess.Popen(cmd, env=env, cwd=HERE.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -127,6 +129,7 @@ def _main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--face_weights", default=None)
+    p.add_argument("--remat", action="store_true")
     for name in ("devices", "steps", "global_batch", "size", "iteration", "process_id",
                  "num_processes", "port"):
         p.add_argument(f"--{name}", type=int, required=True)
@@ -140,7 +143,7 @@ def _main() -> None:
                                    num_processes=args.num_processes, process_id=args.process_id)
     assert jax.device_count() == args.devices * args.num_processes, jax.devices()
     result = run(args.weights, args.face_weights, args.steps, args.global_batch, args.size,
-                 args.iteration)
+                 args.iteration, remat=args.remat)
     if jax.process_index() == 0:
         np.savez(args.out, **result)
 
