@@ -66,13 +66,27 @@ class Conv2d(nnx.Module):
 
 def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int = 0,
            groups: int = 1) -> jax.Array:
-    """NHWC convolution with an HWIO kernel, torch semantics."""
-    if groups == 1 and stride == 1 and kernel.shape[0] == 3 and kernel.shape[2] > 16:
-        y = _conv3x3_sliced(x, kernel, padding)
-    elif groups > 1 and groups == x.shape[-1] == kernel.shape[3]:
+    """NHWC convolution with an HWIO kernel, torch semantics.
+
+    XLA:CPU's convolution is far behind torch's on several of this project's shapes, so the
+    form is chosen by shape (each measured in bench/conv_forms.py): 1x1 kernels as matrix
+    products, 7x7 kernels with 3 channels on one side through one matrix product, 3x3 ones
+    over 32 channels in 16-channel slices, depthwise ones as multiply-adds.
+    """
+    k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    if groups > 1 and c_in == 1 and groups == c_out:
         y = _depthwise(x, kernel, stride, padding)
-    else:
+    elif groups > 1 or stride > 1:
         y = _conv(x, kernel, stride, padding, groups)
+    elif k == 1 and padding == 0:
+        y = x @ kernel[0, 0]
+    elif k == 3 and 16 < c_in <= 32:
+        y = _with_plain_gradient(_conv_sliced, x, kernel, padding)
+    elif k > 3 and min(c_in, c_out) <= 4:
+        form = _conv_columns_in if c_in <= c_out else _conv_taps_out
+        y = _with_plain_gradient(form, x, kernel, padding)
+    else:
+        y = _conv(x, kernel, padding=padding)
     return y if bias is None else y + bias[...]
 
 
@@ -81,6 +95,30 @@ def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), [(padding, padding)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def _conv_columns_in(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """A convolution with few input channels: the kernel's columns gathered on the input
+    (``kw * C_in`` channels), one matrix product to every kernel row's output, and the sum of
+    those outputs shifted by their row. 7x7 3 -> 32: 2x faster than XLA's convolution."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    kh, kw, c_in, c_out = kernel.shape
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    cols = jnp.concatenate([x[:, :, j:j + w] for j in range(kw)], axis=-1)
+    rows = cols @ kernel.transpose(1, 2, 0, 3).reshape(kw * c_in, kh * c_out)
+    return sum(rows[:, i:i + h, :, i * c_out:(i + 1) * c_out] for i in range(kh))
+
+
+def _conv_taps_out(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """A convolution with few output channels: one matrix product to every kernel tap's
+    output, then the sum of those outputs shifted by their tap. 7x7 32 -> 3: 7x faster than
+    XLA's convolution."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    kh, kw, c_in, c_out = kernel.shape
+    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    taps = x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
+    return sum(taps[:, i:i + h, j:j + w, (i * kw + j) * c_out:(i * kw + j + 1) * c_out]
+               for i in range(kh) for j in range(kw))
 
 
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -100,26 +138,30 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv3x3_sliced(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """A 3x3 convolution over more than 16 channels as a sum over 16-channel slices: XLA:CPU
-    runs one over 32 channels several times slower than two over 16 (the generator's forward
-    pass is about 1.4x faster, bench/generator.py). Its gradient, the other way round, is
-    faster unsliced (the generator's backward pass by 1.25x), so it is the plain one's."""
+def _conv_sliced(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """A convolution as a sum over 16-channel input slices: XLA:CPU runs a 3x3 one over 32
+    channels up to 8x slower than two over 16 (bench/conv_forms.py)."""
     return sum(_conv(x[..., i:i + 16], kernel[:, :, i:i + 16], padding=padding)
                for i in range(0, kernel.shape[2], 16))
 
 
-def _conv3x3_sliced_fwd(x, kernel, padding):
-    return _conv3x3_sliced(x, kernel, padding), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _with_plain_gradient(form: Callable, x: jax.Array, kernel: jax.Array,
+                         padding: int) -> jax.Array:
+    """``form(x, kernel, padding)``, a faster form of a stride-1 convolution, whose gradient
+    is the plain convolution's: the forms' own gradients are slower (bench/conv_forms.py)."""
+    return form(x, kernel, padding)
 
 
-def _conv3x3_sliced_bwd(padding, residuals, ct):
-    x, kernel = residuals
-    return jax.vjp(lambda x, k: _conv(x, k, padding=padding), x, kernel)[1](ct)
+def _with_plain_gradient_fwd(form, x, kernel, padding):
+    return form(x, kernel, padding), (x, kernel)
 
 
-_conv3x3_sliced.defvjp(_conv3x3_sliced_fwd, _conv3x3_sliced_bwd)
+def _with_plain_gradient_bwd(form, padding, residuals, ct):
+    return jax.vjp(lambda x, k: _conv(x, k, padding=padding), *residuals)[1](ct)
+
+
+_with_plain_gradient.defvjp(_with_plain_gradient_fwd, _with_plain_gradient_bwd)
 
 
 class Linear(nnx.Module):

@@ -25,14 +25,30 @@ def test_upsample_pad_conv3x3(shape):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cin,stride", [(48, 1), (40, 1), (48, 2)])
-def test_conv2d_in_channel_slices(cin, stride):
+@pytest.mark.parametrize("kernel,cin,cout,stride,padding", [
+    (3, 32, 5, 1, 1), (3, 24, 5, 1, 0),  # 16-channel slices (the last one partial)
+    (7, 3, 8, 1, 3), (7, 3, 4, 1, 0),    # kernel columns on the input
+    (7, 8, 3, 1, 3), (5, 6, 2, 1, 0),    # kernel taps on the output
+    (1, 5, 7, 1, 0),                     # a matrix product
+    (3, 48, 5, 2, 1), (3, 48, 5, 1, 0),  # XLA's own
+])
+def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 9, 9, cin)).astype(np.float32)
-    k = rng.standard_normal((3, 3, cin, 5)).astype(np.float32)
-    b = rng.standard_normal(5).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(conv2d(x, k, b, stride)),
-                               np.asarray(_plain_conv(x, k, stride) + b), atol=1e-4, rtol=1e-5)
+    x = rng.standard_normal((2, 11, 10, cin))
+    k = rng.standard_normal((kernel, kernel, cin, cout))
+    b = rng.standard_normal(cout)
+    out = [(n + 2 * padding - kernel) // stride + 1 for n in (11, 10)]
+    ct = rng.standard_normal((2, *out, cout))
+
+    def plain(x, k, b):
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), [(padding, padding)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+
+    with jax.enable_x64(True):
+        ours = jax.vjp(jax.jit(lambda x, k, b: conv2d(x, k, b, stride, padding)), x, k, b)
+        want = jax.vjp(jax.jit(plain), x, k, b)
+        for got, exp in zip((ours[0], *ours[1](ct)), (want[0], *want[1](ct)), strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=1e-11, rtol=1e-11)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, 9), (3, 2, 1, 10), (7, 1, 0, 7)])
