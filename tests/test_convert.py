@@ -151,18 +151,20 @@ def test_load_generator_from_pt_and_checkpoint(weights_pt, tmp_path):
     ref = _six_nets()["genB2A"]
     with torch.no_grad():
         want = ref(nchw(x))
-    compiled = p2c_jax._apply._cache_size()
-    for path in (weights_pt, ours):
-        gen = p2c_jax.load_generator(path, net="genB2A")
+    gens = [p2c_jax.load_generator(path, net="genB2A") for path in (weights_pt, ours)]
+    forward = gens[0]._forward
+    assert gens[1]._forward is forward  # nets of one spec share the compiled forward pass
+    compiled = forward._cache_size()
+    for gen in gens:
         image, cam_logit, heatmap = gen(x)
         assert image.shape == (2, 32, 32, 3) and cam_logit.shape == (2, 2)
         assert heatmap.shape == (2, 8, 8, 1)
         np.testing.assert_allclose(np.asarray(image), want[0].numpy().transpose(0, 2, 3, 1),
                                    atol=1e-4)
         gen(x + 0.1)
-    assert p2c_jax._apply._cache_size() == compiled + 1  # one compilation per spec and shape
-    gen(x[:1])
-    assert p2c_jax._apply._cache_size() == compiled + 2
+    assert forward._cache_size() == compiled + 1  # one compilation per spec and shape
+    gens[0](x[:1])
+    assert forward._cache_size() == compiled + 2
     with pytest.raises(CheckpointError, match="disGA is a discriminator"):
         p2c_jax.load_generator(weights_pt, net="disGA")
 

@@ -138,8 +138,9 @@ def test_three_steps_equal_torch_trainer(reference):
         for key, value in net.state_dict().items():
             got = ours[f"final/{name}.{key}"]
             np.testing.assert_allclose(got, value.numpy(), atol=1e-5, rtol=0, err_msg=f"{name}.{key}")
-            # what float64 actually gives (measured: ~1e-9 at most)
-            np.testing.assert_allclose(got, value.numpy(), atol=1e-8, rtol=0, err_msg=f"{name}.{key}")
+            # what float64 actually gives (measured: 1.4e-8 at most, on 3 of 1152 entries of one
+            # kernel, since the 1x1 and 7x7 convolutions became matrix products; 1e-9 before)
+            np.testing.assert_allclose(got, value.numpy(), atol=1e-7, rtol=0, err_msg=f"{name}.{key}")
     assert sum(k.startswith("final/") for k in ours) == sum(len(n.state_dict()) for n in nets.values())
 
 
