@@ -70,8 +70,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int 
 
     XLA:CPU's convolution is far behind torch's on several of this project's shapes, so the
     form is chosen by shape (each measured in bench/conv_forms.py): 1x1 kernels as matrix
-    products, 7x7 kernels with 3 channels on one side through one matrix product, 3x3 ones
-    over 32 channels in 16-channel slices, depthwise ones as multiply-adds.
+    products, kernels over 3x3 with at most 4 channels on one side (the generator's 7x7 ones)
+    through one matrix product, 3x3 ones over 17-32 channels in 16-channel slices, depthwise
+    ones as multiply-adds.
     """
     k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     if groups > 1 and c_in == 1 and groups == c_out:
@@ -101,7 +102,7 @@ def _conv_columns_in(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array
     """A convolution with few input channels: the kernel's columns gathered on the input
     (``kw * C_in`` channels), one matrix product to every kernel row's output, and the sum of
     those outputs shifted by their row. 7x7 3 -> 32: 2x faster than XLA's convolution."""
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x = pad_hw(x, padding)
     kh, kw, c_in, c_out = kernel.shape
     h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     cols = jnp.concatenate([x[:, :, j:j + w] for j in range(kw)], axis=-1)
@@ -113,7 +114,7 @@ def _conv_taps_out(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """A convolution with few output channels: one matrix product to every kernel tap's
     output, then the sum of those outputs shifted by their tap. 7x7 32 -> 3: 7x faster than
     XLA's convolution."""
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x = pad_hw(x, padding)
     kh, kw, c_in, c_out = kernel.shape
     h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     taps = x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
@@ -125,7 +126,7 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     """A depthwise convolution as a sum of strided input windows times kernel taps: plain
     multiply-adds that XLA fuses. XLA:CPU's grouped convolution is 5x slower forward and 3x
     slower backward in MobileFaceNet (float32, batch 8), 7x slower backward in float64."""
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x = pad_hw(x, padding)
     k = kernel.shape[0]
     h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
     out = 0
@@ -258,9 +259,15 @@ class PReLU(nnx.Module):
 
 # --- parameterless layers -------------------------------------------------------------------
 
+def pad_hw(x: jax.Array, n: int, mode: str = "constant") -> jax.Array:
+    """``x`` NHWC padded by ``n`` on both sides of H and W (``jnp.pad`` modes: zeros,
+    "reflect" like ``nn.ReflectionPad2d``, "edge")."""
+    return jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode=mode)
+
+
 def reflection_pad(n: int) -> Callable[[jax.Array], jax.Array]:
     """``nn.ReflectionPad2d(n)``."""
-    return lambda x: jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode="reflect")
+    return lambda x: pad_hw(x, n, "reflect")
 
 
 def instance_norm(x: jax.Array) -> jax.Array:
@@ -299,7 +306,7 @@ def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     input's resolution, 2.25x fewer multiply-adds than the 3x3 one at twice the resolution.
     """
     n, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    xp = pad_hw(x, 1, "edge")
     phases = []
     for a in (0, 1):
         rows = [sum(kernel[dy] for dy in taps) for taps in _PHASE_TAPS[a]]
