@@ -9,9 +9,11 @@ import pytest
 from p2c_jax.layers import conv2d, reflection_pad, upsample2x, upsample_pad_conv3x3
 
 
-def _plain_conv(x, k, stride=1):
-    return jax.lax.conv_general_dilated(x, k, (stride, stride), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _plain_conv(x, k, stride=1, padding=0, groups=1):
+    """XLA's own convolution, the reference every rewritten form is held to."""
+    return jax.lax.conv_general_dilated(x, k, (stride, stride), [(padding, padding)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 24), (1, 8, 8, 3)])
@@ -25,47 +27,26 @@ def test_upsample_pad_conv3x3(shape):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,cin,cout,stride,padding", [
-    (3, 32, 5, 1, 1), (3, 24, 5, 1, 0),  # 16-channel slices (the last one partial)
-    (7, 3, 8, 1, 3), (7, 3, 4, 1, 0),    # kernel columns on the input
-    (7, 8, 3, 1, 3), (5, 6, 2, 1, 0),    # kernel taps on the output
-    (1, 5, 7, 1, 0),                     # a matrix product
-    (3, 48, 5, 2, 1), (3, 48, 5, 1, 0),  # XLA's own
+@pytest.mark.parametrize("kernel,cin,cout,stride,padding,groups,tol", [
+    (3, 32, 5, 1, 1, 1, 1e-11), (3, 24, 5, 1, 0, 1, 1e-11),  # 16-channel slices (one partial)
+    (7, 3, 8, 1, 3, 1, 1e-11), (7, 3, 4, 1, 0, 1, 1e-11),    # kernel columns on the input
+    (7, 8, 3, 1, 3, 1, 1e-11), (5, 6, 2, 1, 0, 1, 1e-11),    # kernel taps on the output
+    (1, 5, 7, 1, 0, 1, 1e-11),                               # a matrix product
+    (3, 6, 6, 1, 1, 6, 1e-12), (3, 6, 6, 2, 1, 6, 1e-12),    # depthwise multiply-adds
+    (7, 6, 6, 1, 0, 6, 1e-12),
+    (3, 48, 5, 2, 1, 1, 1e-11), (3, 48, 5, 1, 0, 1, 1e-11),  # XLA's own
 ])
-def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding):
+def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, groups, tol):
+    """Output and both gradients of each form ``conv2d`` picks, against XLA's convolution."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 11, 10, cin))
-    k = rng.standard_normal((kernel, kernel, cin, cout))
+    k = rng.standard_normal((kernel, kernel, cin // groups, cout))
     b = rng.standard_normal(cout)
     out = [(n + 2 * padding - kernel) // stride + 1 for n in (11, 10)]
     ct = rng.standard_normal((2, *out, cout))
-
-    def plain(x, k, b):
-        return jax.lax.conv_general_dilated(x, k, (stride, stride), [(padding, padding)] * 2,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-
     with jax.enable_x64(True):
-        ours = jax.vjp(jax.jit(lambda x, k, b: conv2d(x, k, b, stride, padding)), x, k, b)
-        want = jax.vjp(jax.jit(plain), x, k, b)
+        ours = jax.vjp(jax.jit(lambda x, k, b: conv2d(x, k, b, stride, padding, groups)), x, k, b)
+        want = jax.vjp(jax.jit(lambda x, k, b: _plain_conv(x, k, stride, padding, groups) + b),
+                       x, k, b)
         for got, exp in zip((ours[0], *ours[1](ct)), (want[0], *want[1](ct)), strict=True):
-            np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=1e-11, rtol=1e-11)
-
-
-@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, 9), (3, 2, 1, 10), (7, 1, 0, 7)])
-def test_depthwise_conv2d_and_its_gradients(kernel, stride, padding, size):
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, size, size, 6))
-    k = rng.standard_normal((kernel, kernel, 1, 6))
-    out = (size + 2 * padding - kernel) // stride + 1
-    ct = rng.standard_normal((2, out, out, 6))
-
-    def grouped(x, k):
-        return jax.lax.conv_general_dilated(x, k, (stride, stride), [(padding, padding)] * 2,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            feature_group_count=6)
-
-    with jax.enable_x64(True):
-        ours = jax.vjp(jax.jit(lambda x, k: conv2d(x, k, None, stride, padding, groups=6)), x, k)
-        plain = jax.vjp(jax.jit(grouped), x, k)
-        for got, want in zip((ours[0], *ours[1](ct)), (plain[0], *plain[1](ct)), strict=True):
-            np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-12, rtol=1e-12)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=tol, rtol=tol)
