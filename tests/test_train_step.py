@@ -75,8 +75,8 @@ def save_nets(nets: dict[str, torch.nn.Module], path) -> None:
 
 # One reference for parity and topology: 3 steps of D + G updates with Face-ID at global batch
 # 8, lr decay from step 3 (iteration 4), clippers and power iterations, in float64, from the
-# same weights file: our step on 1 device (in this process) and our PyTorch port of the original
-# trainer; and on 8 devices, on 4 devices, on 2 processes x 2 devices (subprocesses).
+# same weights file: our step on 1 device and our PyTorch port of the original trainer; and on 8
+# devices, on 4 devices, on 2 processes x 2 devices.
 STEPS, BATCH, SIZE_REF, ITERATION = 3, 8, 32, 4
 
 
@@ -99,15 +99,21 @@ def weights(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(weights) -> dict:
-    """Our step on this process's one device, and the PyTorch trainer on the same batches."""
-    with jax.enable_x64(True):
-        one = train_worker.run(*map(str, weights["args"][:2]), *weights["args"][2:])
-    nets, facenet = weights["nets"], weights["facenet"]
-    for net in (*nets.values(), facenet):
-        net.double()
-    ref = TorchTrainer(nets, facenet, ts.Hparams(iteration=ITERATION))
-    torch_losses = [ref.step(nchw(a), nchw(b)) for a, b in train_worker.batches(0, STEPS, BATCH, SIZE_REF)]
-    return {"one": one, "torch_losses": torch_losses, "torch_nets": nets}
+    """Our step on one device (in a process of its own, like every run of our step here, so
+    that a crash in it comes back as a failure with its output), and the PyTorch trainer on the
+    same batches in this process meanwhile."""
+    d = weights["dir"]
+    proc = train_worker.start(d / "one.npz", 1, *weights["args"])
+    try:
+        nets, facenet = weights["nets"], weights["facenet"]
+        for net in (*nets.values(), facenet):
+            net.double()
+        ref = TorchTrainer(nets, facenet, ts.Hparams(iteration=ITERATION))
+        torch_losses = [ref.step(nchw(a), nchw(b))
+                        for a, b in train_worker.batches(0, STEPS, BATCH, SIZE_REF)]
+    finally:
+        train_worker.run_together([proc])
+    return {"one": dict(np.load(d / "one.npz")), "torch_losses": torch_losses, "torch_nets": nets}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """A few training steps on one topology, for the parity and topology tests.
 
-Imported, ``run`` trains in this process on its devices. Run as a script (``start`` does that),
-it is one process of a topology: the device count is fixed before jax starts, and with
-``--num_processes 2`` two such scripts form one cluster over 127.0.0.1. Every run starts from
+Run as a script (``start`` does that), it is one process of a topology: the device count is
+fixed before jax starts, and with ``--num_processes 2`` two such scripts form one cluster over
+127.0.0.1; a native crash prints its stack (faulthandler) into the output a failure shows. Every run starts from
 the same PyTorch weights file (the original's ``photo2cartoon_weights.pt`` format) and trains in
 float64: in float32 this network's gradients carry percent-level rounding noise (torch's as much
 as ours, both measured against float64), which Adam's first steps (update ~ lr * sign(grad))
@@ -83,7 +83,7 @@ def start(out: Path, devices: int, weights: Path, face_weights: Path | None, ste
           num_processes: int = 1, port: int = 0, remat: bool = False) -> subprocess.Popen:
     """This file as a script, in a process with ``devices`` CPU devices."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu"}
+           "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, __file__, "--out", str(out), "--devices", str(devices),
            "--weights", str(weights), "--steps", str(steps), "--global_batch", str(global_batch),
            "--size", str(size), "--iteration", str(iteration), "--process_id", str(process_id),
@@ -104,9 +104,9 @@ def wait(procs: list[subprocess.Popen], timeout: float = 1200) -> None:
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise RuntimeError("a topology run timed out") from None
+            raise RuntimeError("a training run timed out") from None
         if p.returncode != 0:
-            raise RuntimeError(f"a topology run failed:\n{out[-4000:]}")
+            raise RuntimeError(f"a training run failed:\n{out[-4000:]}")
 
 
 def run_together(procs: list[subprocess.Popen]) -> None:
