@@ -65,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--log_every", type=int, default=10, help="losses to the progress bar and TensorBoard every N steps")
     p.add_argument("--remat", type=str2bool, default=False,
-                   help="recompute the generators' activations in the backward pass: less memory, slower")
+                   help="recompute the generators' whole forward pass in the backward pass (by default "
+                        "only their convolutions' outputs are kept): less memory, slower")
     p.add_argument("--coordinator_address", type=str, default=None,
                    help="multi-host: host:port of process 0 (else read from the environment)")
     p.add_argument("--num_processes", type=int, default=None)

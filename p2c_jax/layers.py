@@ -22,8 +22,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 EPS = 1e-5  # torch's InstanceNorm2d / BatchNorm / adaLIN eps
+# The name of every convolution's output, for checkpoint policies (``jax.checkpoint``) that keep
+# them and recompute the cheap rest; a no-op elsewhere.
+CONV_OUTPUT = "conv_output"
 
 
 class SpectralState(nnx.Variable):
@@ -88,7 +92,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int 
         y = _with_plain_gradient(form, x, kernel, padding)
     else:
         y = _conv(x, kernel, padding=padding)
-    return y if bias is None else y + bias[...]
+    return checkpoint_name(y if bias is None else y + bias[...], CONV_OUTPUT)
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,

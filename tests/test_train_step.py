@@ -56,6 +56,24 @@ def test_trainable_mask_skips_unused_convblock4():
     assert len(frozen) == 4 * 14  # every ConvBlock of the four hourglasses keeps its width
 
 
+def test_generator_forward_keeps_only_convolution_outputs():
+    """The vjp residuals a generator call keeps for its backward program (the memory of a
+    training step) are the convolutions' outputs, not every activation: 0.23 of the bytes at
+    this size (0.17 at 256 x 256 with ch 32), the rest recomputed; with no output kept (a policy
+    that names nothing) they would be 0.05, the parameters and the input only."""
+    specs = small_specs()
+    model = ts.TrainModel(specs, None)
+    params = model.init_state(ts.fresh_nets(specs, 0), ts.Hparams())["gen"]["genA2B"]
+    x = jnp.zeros((2, SIZE, SIZE, 3))
+
+    def residual_bytes(keep_only_convs: bool) -> int:
+        out = jax.eval_shape(lambda p, x: ts._gen_forward(model, "genA2B", p, x, keep_only_convs),
+                             params, x)
+        return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out[2]))
+
+    assert 0.15 < residual_bytes(True) / residual_bytes(False) < 0.3
+
+
 def torch_nets(specs: dict[str, NetSpec]) -> dict[str, torch.nn.Module]:
     """The six nets of our PyTorch port with every special parameter off its initial value."""
     torch.manual_seed(0)
@@ -162,10 +180,10 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(topologies):
 
 
 @pytest.mark.xdist_group("reference")
-def test_remat_equals_keeping_activations(weights, reference):
+def test_remat_equals_keeping_convolution_outputs(weights, reference):
     """Recomputing the generators' forward pass in their backward pass changes nothing: one
     step with --remat (in a process of its own, like the topology runs) equals the reference's
-    first step, which keeps the activations."""
+    first step, which keeps the convolutions' outputs."""
     d, (nets, face, _, batch, size, iteration) = weights["dir"], weights["args"]
     train_worker.run_together([train_worker.start(d / "remat.npz", 1, nets, face, 1, batch, size,
                                                   iteration, remat=True)])
