@@ -2,11 +2,12 @@
 
 Run as a script (``start`` does that), it is one process of a topology: the device count is
 fixed before jax starts, and with ``--num_processes 2`` two such scripts form one cluster over
-127.0.0.1; a native crash prints its stack (faulthandler) into the output a failure shows. Every run starts from
-the same PyTorch weights file (the original's ``photo2cartoon_weights.pt`` format) and trains in
-float64: in float32 this network's gradients carry percent-level rounding noise (torch's as much
-as ours, both measured against float64), which Adam's first steps (update ~ lr * sign(grad))
-turn into lr-sized parameter differences, so only float64 can show agreement to 1e-5.
+127.0.0.1; a native crash prints its stack (faulthandler) into the output a failure shows.
+Every run starts from the same PyTorch weights file (the original's ``photo2cartoon_weights.pt``
+format) and trains in float64: in float32 this network's gradients carry percent-level rounding
+noise (torch's as much as ours, both measured against float64), which Adam's first steps
+(update ~ lr * sign(grad)) turn into lr-sized parameter differences, so only float64 can show
+agreement to 1e-5.
 """
 
 from __future__ import annotations
