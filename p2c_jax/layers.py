@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -43,15 +44,31 @@ class Sequential(nnx.List):
         return x
 
 
+def _host_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded by ``key``. Initial values are drawn on the host: an eager
+    ``jax.random`` call compiles a program for every new shape, ~20 s for the six nets."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key))
+
+
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     """torch's default weight and bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
-    return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+    key = rngs.params()
+    if isinstance(key, jax.core.Tracer):  # traced (nnx.eval_shape): only the shape matters
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+    return jnp.asarray(_host_rng(key).uniform(-bound, bound, shape), jnp.float32)
 
 
 def _unit(rngs: nnx.Rngs, size: int) -> jax.Array:
-    v = jax.random.normal(rngs.params(), (size,), jnp.float32)
-    return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
+    """A random unit vector (spectral norm's initial ``u``, ``v``)."""
+    key = rngs.params()
+    if isinstance(key, jax.core.Tracer):
+        v = jax.random.normal(key, (size,), jnp.float32)
+        return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
+    v = _host_rng(key).standard_normal(size)
+    return jnp.asarray(v / max(np.linalg.norm(v), 1e-12), jnp.float32)
 
 
 class Conv2d(nnx.Module):

@@ -1,12 +1,17 @@
-"""The rewritten convolutions equal the plain ones they replace."""
+"""The rewritten convolutions equal the plain ones they replace; initialisation is torch's."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
-from p2c_jax.layers import conv2d, reflection_pad, upsample2x, upsample_pad_conv3x3
+from p2c_jax.layers import (
+    Conv2d, SNConv2d, conv2d, reflection_pad, upsample2x, upsample_pad_conv3x3,
+)
 
 
 def _plain_conv(x, k, stride=1, padding=0, groups=1):
@@ -50,3 +55,19 @@ def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, gr
                        x, k, b)
         for got, exp in zip((ours[0], *ours[1](ct)), (want[0], *want[1](ct)), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=tol, rtol=tol)
+
+
+def test_initialisation_is_torchs_default():
+    """Weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) like torch's defaults (max,
+    mean and the uniform's standard deviation b/sqrt(3)); spectral-norm vectors of unit norm;
+    a seed gives the same values, another seed others."""
+    w = np.asarray(Conv2d(64, 32, 3, rngs=nnx.Rngs(0)).weight[...])
+    bound = 1 / math.sqrt(64 * 9)
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound
+    assert abs(w.mean()) < 0.02 * bound and abs(w.std() - bound / math.sqrt(3)) < 0.02 * bound
+    np.testing.assert_array_equal(Conv2d(64, 32, 3, rngs=nnx.Rngs(0)).weight[...], w)
+    assert not np.array_equal(Conv2d(64, 32, 3, rngs=nnx.Rngs(1)).weight[...], w)
+    sn = SNConv2d(8, 16, 4, rngs=nnx.Rngs(2))
+    for v in (sn.weight_u[...], sn.weight_v[...]):
+        assert np.linalg.norm(v) == pytest.approx(1, rel=1e-6)
+    assert sn.weight_v[...].shape == (8 * 16,) and np.abs(sn.bias[...]).max() <= 1 / math.sqrt(8 * 16)
