@@ -47,9 +47,7 @@ class Sequential(nnx.List):
 def _host_rng(key: jax.Array) -> np.random.Generator:
     """A NumPy generator seeded by ``key``. Initial values are drawn on the host: an eager
     ``jax.random`` call compiles a program for every new shape, ~20 s for the six nets."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key))
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)))
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
