@@ -31,8 +31,3 @@ def lsgan_g(fake: tuple[jax.Array, jax.Array]) -> jax.Array:
     """The generator's side against one discriminator: ``mse(logit, 1) + mse(cam_logit, 1)``."""
     return mse(fake[0], 1.0) + mse(fake[1], 1.0)
 
-
-def cam_g(cam_other_domain: jax.Array, cam_same_domain: jax.Array) -> jax.Array:
-    """A generator's CAM loss: its CAM logits on the other domain's image are 1, on its own
-    domain's image 0 (``G_cam_loss_A`` = BCE(fake_B2A_cam, 1) + BCE(fake_A2A_cam, 0))."""
-    return bce_with_logits(cam_other_domain, 1.0) + bce_with_logits(cam_same_domain, 0.0)

@@ -17,7 +17,9 @@ Semantics of the original ``UgatitSadalinHourglass.train`` step, in its order:
    iteration of every spectral norm); least-squares losses of logits and CAM logits.
    Adam(0.5, 0.999) with torch's L2 weight decay 1e-4 added to the gradient.
 2. G update against the updated discriminators (their calls run power iterations too):
-   adv + cycle L1 + identity L1 + CAM BCE + Face-ID, each with its weight.
+   adv + cycle L1 + identity L1 + CAM BCE + Face-ID, each with its weight. It is a sum of
+   four independent parts (each translation with its cycle, each identity call), computed
+   one after the other; each discriminator is called once, so their order is free.
 3. rho of adaLIN / LIN clipped to [0, rho_clipper], w_gamma / w_beta to [0, w_clipper].
 
 The generator outputs of step 1 equal those of step 2 (G has not changed in between), so the
@@ -28,6 +30,7 @@ width does not change) are left to Adam's ``grad is None`` rule: not updated, no
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -131,58 +134,58 @@ class TrainModel:
         """(image, CAM logit) of generator ``name`` on ``x``."""
         return nnx.merge(self.graphdefs[name], params)(x)[:2]
 
-    def _dis_calls(self, kind: str, dis: Tree, spectral: Tree, inputs_A: list, inputs_B: list):
-        """Training-mode calls of the ``kind`` ('G' global / 'L' local) discriminators: disXA on
-        each of ``inputs_A`` in order, disXB on each of ``inputs_B`` (each call runs one power
-        iteration, chained from call to call).
-        Returns ([(logit, cam_logit) per call of A], [... of B], {disXA: spectral, disXB: ...})."""
-        outs, new_spectral = [], {}
-        for name, inputs in ((f"dis{kind}A", inputs_A), (f"dis{kind}B", inputs_B)):
-            net = nnx.merge(self.graphdefs[name], dis[name], spectral[name])
-            outs.append([net(x, True)[:2] for x in inputs])
-            new_spectral[name] = nnx.to_pure_dict(nnx.state(net, SpectralState))
-        return outs[0], outs[1], new_spectral
+    def _dis(self, name: str, params: Tree, spectral: Tree, inputs: list):
+        """Training-mode calls of discriminator ``name`` on each of ``inputs`` in order (each
+        runs one power iteration, chained from call to call).
+        Returns ([(logit, cam_logit) per input], new spectral state)."""
+        net = nnx.merge(self.graphdefs[name], params, spectral)
+        outs = [net(x, True)[:2] for x in inputs]
+        return outs, nnx.to_pure_dict(nnx.state(net, SpectralState))
 
     def d_loss(self, hp: Hparams, dis: Tree, spectral: Tree, real_A, real_B, fake_A2B, fake_B2A):
         """(Discriminator_loss, (terms, new spectral state)). Each discriminator scores the real
         image, then the fake, as in the original (disGA(real_A) ... disLB(fake_A2B))."""
-        (real_GA, fake_GA), (real_GB, fake_GB), spec_G = self._dis_calls(
-            "G", dis, spectral, [real_A, fake_B2A], [real_B, fake_A2B])
-        (real_LA, fake_LA), (real_LB, fake_LB), spec_L = self._dis_calls(
-            "L", dis, spectral, [real_A, fake_B2A], [real_B, fake_A2B])
-        loss_A = hp.adv_weight * (losses.lsgan_d(real_GA, fake_GA) + losses.lsgan_d(real_LA, fake_LA))
-        loss_B = hp.adv_weight * (losses.lsgan_d(real_GB, fake_GB) + losses.lsgan_d(real_LB, fake_LB))
+        outs, new_spectral = {}, {}
+        for name in DISCRIMINATORS:
+            images = [real_A, fake_B2A] if name.endswith("A") else [real_B, fake_A2B]
+            outs[name], new_spectral[name] = self._dis(name, dis[name], spectral[name], images)
+        loss_A = hp.adv_weight * (losses.lsgan_d(*outs["disGA"]) + losses.lsgan_d(*outs["disLA"]))
+        loss_B = hp.adv_weight * (losses.lsgan_d(*outs["disGB"]) + losses.lsgan_d(*outs["disLB"]))
         terms = {"d_loss_A": loss_A, "d_loss_B": loss_B}
-        return loss_A + loss_B, (terms, {**spec_G, **spec_L})
+        return loss_A + loss_B, (terms, new_spectral)
 
-    def g_loss(self, hp: Hparams, outs: dict, dis: Tree, spectral: Tree, face_state, real_A, real_B):
-        """(Generator_loss, (terms, new spectral state)) from the generator outputs."""
-        (fake_GA,), (fake_GB,), spec_G = self._dis_calls(
-            "G", dis, spectral, [outs["fake_B2A"]], [outs["fake_A2B"]])
-        (fake_LA,), (fake_LB,), spec_L = self._dis_calls(
-            "L", dis, spectral, [outs["fake_B2A"]], [outs["fake_A2B"]])
-        adv_A = losses.lsgan_g(fake_GA) + losses.lsgan_g(fake_LA)
-        adv_B = losses.lsgan_g(fake_GB) + losses.lsgan_g(fake_LB)
-        cycle_A, cycle_B = losses.l1(outs["fake_A2B2A"], real_A), losses.l1(outs["fake_B2A2B"], real_B)
-        ident_A, ident_B = losses.l1(outs["fake_A2A"], real_A), losses.l1(outs["fake_B2B"], real_B)
-        cam_A = losses.cam_g(outs["cam_B2A"], outs["cam_A2A"])
-        cam_B = losses.cam_g(outs["cam_A2B"], outs["cam_B2B"])
-        if hp.faceid_weight and self.face is not None:
-            n = real_A.shape[0]
-            emb = self.face.embed(face_state, jnp.concatenate(
-                [real_A, real_B, outs["fake_A2B"], outs["fake_B2A"]], axis=0))
-            id_A = jnp.mean(1.0 - cosine_similarity(emb[:n], emb[2 * n:3 * n]))
-            id_B = jnp.mean(1.0 - cosine_similarity(emb[n:2 * n], emb[3 * n:]))
-        else:
-            id_A = id_B = jnp.zeros((), jnp.float32)
-        loss_A = (hp.adv_weight * adv_A + hp.cycle_weight * cycle_A + hp.identity_weight * ident_A
-                  + hp.cam_weight * cam_A + hp.faceid_weight * id_A)
-        loss_B = (hp.adv_weight * adv_B + hp.cycle_weight * cycle_B + hp.identity_weight * ident_B
-                  + hp.cam_weight * cam_B + hp.faceid_weight * id_B)
-        terms = {"g_adv": adv_A + adv_B, "g_cycle": cycle_A + cycle_B,
-                 "g_identity": ident_A + ident_B, "g_cam": cam_A + cam_B, "g_faceid": id_A + id_B,
-                 "g_loss_A": loss_A, "g_loss_B": loss_B}
-        return loss_A + loss_B, (terms, {**spec_G, **spec_L})
+    # The G loss is a sum over four independent parts, one per chain of generator calls:
+    # the translation of each domain (real -> fake -> cycle) and the identity call of each.
+
+    def translation_loss(self, hp: Hparams, judges: tuple[str, str], dis: tuple, spectral: tuple,
+                         face_state, real, fake, cam, cycle):
+        """The G loss part of one translation ``real -> fake -> cycle``: adversarial against
+        ``judges`` (the fake's domain's global and local discriminators, whose params and
+        spectral states ``dis`` and ``spectral`` hold in that order), CAM (the fake's CAM logit
+        is 1), cycle L1 and Face-ID of real against fake.
+        Returns (weighted sum, terms, new spectral states)."""
+        adv, new_spectral = 0.0, []
+        for name, params, state in zip(judges, dis, spectral):
+            (out,), state = self._dis(name, params, state, [fake])
+            adv, new_spectral = adv + losses.lsgan_g(out), new_spectral + [state]
+        terms = {"adv": adv, "cycle": losses.l1(cycle, real),
+                 "cam": losses.bce_with_logits(cam, 1.0),
+                 "faceid": self.face_id_loss(hp, face_state, real, fake)}
+        return _weighted(hp, terms), terms, tuple(new_spectral)
+
+    def identity_loss(self, hp: Hparams, real, same, cam):
+        """The G loss part of an identity call ``real -> same`` (a generator on its own target
+        domain): identity L1 and CAM (its CAM logit is 0). Returns (weighted sum, terms)."""
+        terms = {"identity": losses.l1(same, real), "cam": losses.bce_with_logits(cam, 0.0)}
+        return _weighted(hp, terms), terms
+
+    def face_id_loss(self, hp: Hparams, face_state, real, fake) -> jax.Array:
+        """mean(1 - cosine) of the Face-ID embeddings of ``real`` and ``fake``; 0 when off."""
+        if not hp.faceid_weight or self.face is None:
+            return jnp.zeros((), jnp.float32)
+        emb = self.face.embed(face_state, jnp.concatenate([real, fake], axis=0))
+        n = real.shape[0]
+        return jnp.mean(1.0 - cosine_similarity(emb[:n], emb[n:]))
 
     def init_state(self, nets: dict[str, nnx.State], hp: Hparams, seed: int = 0) -> Tree:
         """The train state at step 0 from each net's full ``nnx.State``."""
@@ -214,13 +217,18 @@ def _clip(gen: Tree, hp: Hparams) -> Tree:
     return jax.tree_util.tree_map_with_path(clip, gen)
 
 
+def _weighted(hp: Hparams, terms: dict) -> jax.Array:
+    """Sum of G loss terms, each times its flag (``cycle`` times ``hp.cycle_weight`` ...)."""
+    return sum(getattr(hp, f"{k}_weight") * v for k, v in terms.items())
+
+
 def _apply(tx, grads, opt_state, params, lr):
     updates, opt_state = tx.update(grads, opt_state, params)
     params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
     return params, opt_state
 
 
-# --- the step as five programs, each mapped over the mesh ---------------------------------------
+# --- the step as programs, each mapped over the mesh --------------------------------------------
 #
 # Per-device values that must cross from one program to the next (the generators' vjp
 # residuals, their partial parameter gradients) leave a program stacked on a new leading axis
@@ -280,30 +288,56 @@ def _d_update(model: TrainModel, hp: Hparams, with_grads: bool, dis: Tree, spect
     return dis, spectral, opt_d, metrics, (grads if with_grads else None)
 
 
-def _g_loss(model: TrainModel, hp: Hparams, dis: Tree, spectral: Tree, face_state, outs: dict,
-            real_A, real_B):
-    """The G loss against the updated discriminators: (spectral, metrics, cotangents of
-    ``outs``, this device's share)."""
+def _g_loss_part(loss_fn: Callable, outs: tuple):
+    """One part of the G loss, ``loss_fn(*outs) -> (loss, terms, *aux)``, as this device's share
+    of the global mean: (metrics summed over devices, cotangents of the generator outputs
+    ``outs``, *aux)."""
     n_dev = jax.lax.axis_size(AXIS)
 
-    def objective(outs, spectral):
-        loss, aux = model.g_loss(hp, outs, dis, spectral, face_state, real_A, real_B)
-        return loss / n_dev, aux
+    def objective(outs):
+        loss, terms, *aux = loss_fn(*outs)
+        return loss / n_dev, (terms, aux)
 
-    (loss, (terms, spectral)), outs_ct = jax.value_and_grad(objective, has_aux=True)(outs, spectral)
-    metrics = jax.lax.psum({"g_loss": loss, **{k: v / n_dev for k, v in terms.items()}}, AXIS)
-    return spectral, metrics, outs_ct
+    (loss, (terms, aux)), ct = jax.value_and_grad(objective, has_aux=True)(outs)
+    metrics = jax.lax.psum({"loss": loss, **{k: v / n_dev for k, v in terms.items()}}, AXIS)
+    return metrics, ct, *aux
+
+
+def _translation_part(model: TrainModel, hp: Hparams, judges: tuple[str, str], dis: tuple,
+                      spectral: tuple, face_state, real, outs: tuple):
+    """``TrainModel.translation_loss`` of ``outs`` = (fake, cam, cycle): (metrics, cotangents,
+    new spectral states of ``judges``)."""
+    return _g_loss_part(functools.partial(
+        model.translation_loss, hp, judges, dis, spectral, face_state, real), outs)
+
+
+def _identity_part(model: TrainModel, hp: Hparams, real, outs: tuple):
+    """``TrainModel.identity_loss`` of ``outs`` = (same, cam): (metrics, cotangents)."""
+    return _g_loss_part(functools.partial(model.identity_loss, hp, real), outs)
 
 
 def _g_update(model: TrainModel, hp: Hparams, with_grads: bool, gen: Tree, opt_g, step,
-              partial_grads: dict):
+              partial_grads: dict, parts: list[dict]):
     """Sums each generator's stacked partial gradients over its calls and the devices, then
-    masked Adam and the clippers."""
-    grads = {name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, parts)), AXIS)
-             for name, parts in partial_grads.items()}
+    masked Adam and the clippers; the G loss and its terms summed over the ``parts``."""
+    grads = {name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, grads)), AXIS)
+             for name, grads in partial_grads.items()}
     lr = learning_rate(hp, step + 1)
     gen, opt_g = _apply(optax.masked(optimizer(hp), model.gen_mask), grads, opt_g, gen, lr)
-    return _clip(gen, hp), opt_g, step + 1, lr, (grads if with_grads else None)
+    metrics = {f"g_{k}": sum(part[k] for part in parts if k in part)
+               for k in ("loss", "adv", "cycle", "identity", "cam", "faceid")}
+    return _clip(gen, hp), opt_g, step + 1, {**metrics, "lr": lr}, (grads if with_grads else None)
+
+
+def _find_malloc_trim() -> Callable | None:
+    """glibc's ``malloc_trim``; None elsewhere."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
 
 
 class TrainStep:
@@ -314,50 +348,66 @@ class TrainStep:
     ``with_grads`` the metrics also hold the raw gradients (``grads['dis']``, ``grads['gen']``),
     summed over devices, before weight decay and Adam.
 
-    The step runs as five jitted programs, each a ``jax.shard_map`` over ``AXIS``: a generator's
-    forward pass with its vjp (called for the six generator calls of the original), the D update,
-    the G loss with its cotangents, a generator's backward pass (six calls, the cycles first so
-    their input cotangents reach the translations), and the G update. As one program XLA
-    compiled the generator eight times (four calls, forward and backward) and took minutes;
-    this way it compiles one forward and one backward. The state is donated program by program.
+    The step runs as jitted programs, each a ``jax.shard_map`` over ``AXIS``: a generator's
+    forward pass with its vjp and its backward pass (called for the six generator calls of the
+    original), the D update, the two kinds of G loss part (a translation with its cycle, an
+    identity call) with the cotangents of their generator outputs, and the G update. As one
+    program XLA compiled the generator eight times (four calls, forward and backward) and took
+    minutes; this way it compiles one forward and one backward. The state is donated program by
+    program. Nets of equal spec share their programs.
 
-    Between their forward and backward programs the generators keep only their convolutions'
-    outputs (``_gen_forward``). With ``remat`` they keep nothing and run the forward pass again
-    in the backward program (rematerialisation): less memory for one more forward pass per call.
+    Order: the two translations (forward), the D update, then each of the four parts of the G
+    loss from its forward passes to its backward passes, one part after the other, so that at
+    most three generator calls keep their residuals at once (all six did when the G loss was
+    one program: 0.77 GB more at 256 x 256). Between their forward and backward programs the
+    generators keep only their convolutions' outputs (``_gen_forward``). With ``remat`` they
+    keep nothing and run the forward pass again in the backward program (rematerialisation):
+    less memory for one more forward pass per call.
+
+    On CPU each step ends by giving the C heap's free pages back to the system
+    (``malloc_trim``): glibc keeps the pages of freed buffers resident, the compiler's among
+    them: peak RSS at 256 x 256 is 3.84 GB with it, 4.23 GB without (a trim costs ~30 ms).
     """
 
     def __init__(self, model: TrainModel, hp: Hparams, mesh: Mesh, *, with_grads: bool = False,
                  remat: bool = False):
         self.with_grads, self.remat = with_grads, remat
+        # on CPU the device buffers live on the C heap
+        self.trims_heap = mesh.devices.flat[0].platform == "cpu" and _MALLOC_TRIM is not None
         rep, dat = P(), P(AXIS)
         smap = functools.partial(jax.shard_map, mesh=mesh)
         # the generator programs pass per-device values on (no replication check; their
         # parameter gradients are summed over devices in the G update)
         gen_map = functools.partial(smap, check_vma=False)
-        by_spec = {}  # the generator programs, one set per distinct generator spec
-        self._gen = {}
-        for name in GENERATORS:
-            spec = model.specs[name]
-            if spec not in by_spec:
-                apply = functools.partial(model.generator, name)
-                by_spec[spec] = {
-                    "forward": jax.jit(gen_map(functools.partial(_gen_forward, model, name),
-                                               in_specs=(rep, dat), out_specs=dat)),
-                    "apply": jax.jit(gen_map(apply, in_specs=(rep, dat), out_specs=dat)),
-                    "backward_remat": jax.jit(gen_map(
-                        functools.partial(_gen_backward_remat, model, name),
-                        in_specs=(rep,) + (dat,) * 3, out_specs=dat))}
-            self._gen[name] = by_spec[spec]
+        programs = {}
+
+        def per_spec(names: tuple[str, ...], make: Callable):
+            key = tuple(model.specs[n] for n in names)
+            if key not in programs:
+                programs[key] = make()
+            return programs[key]
+
+        self._gen = {name: per_spec((name,), lambda: {
+            "forward": jax.jit(gen_map(functools.partial(_gen_forward, model, name),
+                                       in_specs=(rep, dat), out_specs=dat)),
+            "apply": jax.jit(gen_map(functools.partial(model.generator, name),
+                                     in_specs=(rep, dat), out_specs=dat)),
+            "backward_remat": jax.jit(gen_map(functools.partial(_gen_backward_remat, model, name),
+                                              in_specs=(rep,) + (dat,) * 3, out_specs=dat))})
+            for name in GENERATORS}
+        self._translation_loss = {judges: per_spec(judges, lambda: jax.jit(
+            smap(functools.partial(_translation_part, model, hp, judges),
+                 in_specs=(rep,) * 3 + (dat,) * 2, out_specs=(rep, dat, rep)), donate_argnums=(1,)))
+            for judges in (("disGB", "disLB"), ("disGA", "disLA"))}
+        self._identity_loss = jax.jit(smap(functools.partial(_identity_part, model, hp),
+                                           in_specs=dat, out_specs=(rep, dat)))
         self._gen_backward = jax.jit(gen_map(_gen_backward, in_specs=dat, out_specs=dat))
         self._d_update = jax.jit(
             smap(functools.partial(_d_update, model, hp, with_grads),
                  in_specs=(rep,) * 4 + (dat,) * 4, out_specs=rep), donate_argnums=(0, 1, 2))
-        self._g_loss = jax.jit(
-            smap(functools.partial(_g_loss, model, hp), in_specs=(rep,) * 3 + (dat,) * 3,
-                 out_specs=(rep, rep, dat)), donate_argnums=(1,))
         self._g_update = jax.jit(
             smap(functools.partial(_g_update, model, hp, with_grads),
-                 in_specs=(rep, rep, rep, dat), out_specs=rep), donate_argnums=(0, 1))
+                 in_specs=(rep, rep, rep, dat, rep), out_specs=rep), donate_argnums=(0, 1))
 
     def _forward(self, name: str, params: Tree, x: jax.Array):
         """(image, CAM logit, pullback): ``pullback(ct_image, ct_cam)`` -> (stacked parameter
@@ -369,40 +419,60 @@ class TrainStep:
         y, cam, vjp = programs["forward"](params, x)
         return y, cam, functools.partial(self._gen_backward, vjp)
 
+    def _translation(self, names: tuple[str, str], judges: tuple[str, str], gen: Tree, dis: Tree,
+                     spectral: Tree, face_state, real, fake, cam, pullback):
+        """The translation ``real -> fake`` (by ``names[0]``, whose ``pullback`` is given) and
+        back to ``real``'s domain (by ``names[1]``): its G loss part and backward passes.
+        Returns (metrics, new spectral states of ``judges``, partial gradients of both)."""
+        back = names[1]
+        cycle, cycle_cam, pullback_cycle = self._forward(back, gen[back], fake)
+        metrics, (ct_fake, ct_cam, ct_cycle), new_spectral = self._translation_loss[judges](
+            tuple(dis[j] for j in judges), tuple(spectral[j] for j in judges), face_state, real,
+            (fake, cam, cycle))
+        # the cycle first: its input cotangent joins the fake's own
+        grad_back, ct_from_cycle = pullback_cycle(ct_cycle, jnp.zeros_like(cycle_cam))
+        grad_forward, _ = pullback(ct_fake + ct_from_cycle, ct_cam)
+        return metrics, dict(zip(judges, new_spectral)), {names[0]: grad_forward, back: grad_back}
+
+    def _identity(self, name: str, params: Tree, real):
+        """The identity call of generator ``name`` on ``real``: (metrics, partial gradient)."""
+        same, cam, pullback = self._forward(name, params, real)
+        metrics, (ct_same, ct_cam) = self._identity_loss(real, (same, cam))
+        return metrics, pullback(ct_same, ct_cam)[0]
+
     def __call__(self, state: Tree, face_state, real_A: jax.Array, real_B: jax.Array):
         gen = state["gen"]
-        # the original's six generator calls
-        A2B, cam_A2B, pb_A2B = self._forward("genA2B", gen["genA2B"], real_A)
-        B2A, cam_B2A, pb_B2A = self._forward("genB2A", gen["genB2A"], real_B)
-        A2B2A, _, pb_A2B2A = self._forward("genB2A", gen["genB2A"], A2B)
-        B2A2B, _, pb_B2A2B = self._forward("genA2B", gen["genA2B"], B2A)
-        A2A, cam_A2A, pb_A2A = self._forward("genB2A", gen["genB2A"], real_A)
-        B2B, cam_B2B, pb_B2B = self._forward("genA2B", gen["genA2B"], real_B)
-        outs = {"fake_A2B": A2B, "fake_B2A": B2A, "fake_A2B2A": A2B2A, "fake_B2A2B": B2A2B,
-                "fake_A2A": A2A, "fake_B2B": B2B, "cam_A2B": cam_A2B, "cam_B2A": cam_B2A,
-                "cam_A2A": cam_A2A, "cam_B2B": cam_B2B}
-
+        A2B, cam_A2B, pullback_A2B = self._forward("genA2B", gen["genA2B"], real_A)
+        B2A, cam_B2A, pullback_B2A = self._forward("genB2A", gen["genB2A"], real_B)
         dis, spectral, opt_d, d_metrics, d_grads = self._d_update(
             state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, A2B, B2A)
-        spectral, g_metrics, ct = self._g_loss(dis, spectral, face_state, outs, real_A, real_B)
 
-        # the cycles first: their input cotangents join those of the translations
-        no_cam = jnp.zeros_like(ct["cam_A2B"])
-        g_A2B2A, ct_A2B = pb_A2B2A(ct["fake_A2B2A"], no_cam)
-        g_B2A2B, ct_B2A = pb_B2A2B(ct["fake_B2A2B"], no_cam)
-        g_A2B, _ = pb_A2B(ct["fake_A2B"] + ct_A2B, ct["cam_A2B"])
-        g_B2A, _ = pb_B2A(ct["fake_B2A"] + ct_B2A, ct["cam_B2A"])
-        g_A2A, _ = pb_A2A(ct["fake_A2A"], ct["cam_A2A"])
-        g_B2B, _ = pb_B2B(ct["fake_B2B"], ct["cam_B2B"])
-        gen, opt_g, step, lr, g_grads = self._g_update(
+        # the G loss part by part; a pullback is dropped once used, which frees its residuals
+        metrics_A, spectral_B, grads_A = self._translation(
+            ("genA2B", "genB2A"), ("disGB", "disLB"), gen, dis, spectral, face_state,
+            real_A, A2B, cam_A2B, pullback_A2B)
+        del pullback_A2B
+        metrics_B, spectral_A, grads_B = self._translation(
+            ("genB2A", "genA2B"), ("disGA", "disLA"), gen, dis, spectral, face_state,
+            real_B, B2A, cam_B2A, pullback_B2A)
+        del pullback_B2A
+        metrics_A2A, grad_A2A = self._identity("genB2A", gen["genB2A"], real_A)
+        metrics_B2B, grad_B2B = self._identity("genA2B", gen["genA2B"], real_B)
+        gen, opt_g, step, g_metrics, g_grads = self._g_update(
             gen, state["opt_g"], state["step"],
-            {"genA2B": [g_A2B, g_B2A2B, g_B2B], "genB2A": [g_B2A, g_A2B2A, g_A2A]})
+            {"genA2B": [grads_A["genA2B"], grads_B["genA2B"], grad_B2B],
+             "genB2A": [grads_B["genB2A"], grads_A["genB2A"], grad_A2A]},
+            [metrics_A, metrics_B, metrics_A2A, metrics_B2B])
 
-        new_state = {"step": step, "gen": gen, "dis": dis, "spectral": spectral,
+        new_state = {"step": step, "gen": gen, "dis": dis,
+                     "spectral": {**spectral, **spectral_A, **spectral_B},
                      "opt_g": opt_g, "opt_d": opt_d, "rng": state["rng"]}
-        metrics = {**d_metrics, **g_metrics, "lr": lr}
+        metrics = {**d_metrics, **g_metrics}
         if self.with_grads:
             metrics["grads"] = {"dis": d_grads, "gen": g_grads}
+        if self.trims_heap:
+            jax.block_until_ready((new_state, metrics))
+            _MALLOC_TRIM(0)
         return new_state, metrics
 
 

@@ -169,6 +169,17 @@ def test_three_steps_equal_torch_trainer(reference):
 
 
 @pytest.mark.xdist_group("reference")
+def test_step_keeps_at_most_three_generator_calls(reference):
+    """The G loss runs part by part, and a generator call's pullback is dropped once used: at
+    most three calls hold their vjp residuals at once (both translations and one cycle), where
+    all six did, and none is left when a step returns (``train_worker.track_residuals``)."""
+    one = reference["one"]
+    assert int(one["residuals/calls"]) == 6 * STEPS
+    assert int(one["residuals/most_alive"]) == 3
+    assert int(one["residuals/alive_after"]) == 0
+
+
+@pytest.mark.xdist_group("reference")
 def test_eight_devices_equal_one_device(reference, topologies):
     assert_same_training(topologies["eight"], reference["one"], steps=2)
 

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def run(weights: str, face_weights: str | None, steps: int, global_batch: int, s
     state = ts.put_replicated(jax.tree.map(_float64, state), mesh)
     face_state = ts.put_replicated(jax.tree.map(_float64, face.state), mesh) if face else None
     step = ts.TrainStep(model, hp, mesh, with_grads=True, remat=remat)
+    residuals = None if remat else track_residuals(step)
     per = global_batch // jax.process_count()
     lo = jax.process_index() * per
     out = {}
@@ -67,11 +69,32 @@ def run(weights: str, face_weights: str | None, steps: int, global_batch: int, s
         for group, tree in (("metrics", metrics), ("state", nets_state)):
             for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
                 out[f"step{i + 1}/{group}{jax.tree_util.keystr(kp)}"] = np.asarray(_host(x))
+    if residuals is not None:
+        out["residuals/calls"] = np.asarray(len(residuals["refs"]))
+        out["residuals/most_alive"] = np.asarray(residuals["most_alive"])
+        out["residuals/alive_after"] = np.asarray(sum(r() is not None for r in residuals["refs"]))
     host = jax.tree.map(_host, state)
     for name in TRAINING_NETS:
         for key, value in state_to_torch(model.net_state(host, name)).items():
             out[f"final/{name}.{key}"] = value
     return out
+
+
+def track_residuals(step) -> dict:
+    """Counts how many generator calls of ``step`` hold their vjp residuals at once: a weak
+    reference per call, the most alive at any call in ``most_alive``."""
+    import jax
+
+    seen = {"refs": [], "most_alive": 0}
+    for programs in {id(p): p for p in step._gen.values()}.values():
+        def forward(params, x, forward=programs["forward"]):
+            y, cam, vjp = forward(params, x)
+            seen["refs"].append(weakref.ref(jax.tree.leaves(vjp)[0]))
+            alive = sum(r() is not None for r in seen["refs"])
+            seen["most_alive"] = max(seen["most_alive"], alive)
+            return y, cam, vjp
+        programs["forward"] = forward
+    return seen
 
 
 def _float64(x):
