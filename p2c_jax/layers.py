@@ -50,22 +50,26 @@ def _host_rng(key: jax.Array) -> np.random.Generator:
     return np.random.default_rng(np.asarray(jax.random.key_data(key)))
 
 
+def _shapes_only(rngs: nnx.Rngs) -> bool:
+    """True while ``nnx.eval_shape`` builds a net (``models.abstract``): its key is traced and
+    only shapes matter, so no key is drawn (each draw traces nnx's key and count updates,
+    2 s of building a generator)."""
+    return isinstance(rngs.params.key[...], jax.core.Tracer)
+
+
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     """torch's default weight and bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    if _shapes_only(rngs):
+        return jnp.zeros(shape, jnp.float32)
     bound = 1.0 / math.sqrt(fan_in)
-    key = rngs.params()
-    if isinstance(key, jax.core.Tracer):  # traced (nnx.eval_shape): only the shape matters
-        return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-    return jnp.asarray(_host_rng(key).uniform(-bound, bound, shape), jnp.float32)
+    return jnp.asarray(_host_rng(rngs.params()).uniform(-bound, bound, shape), jnp.float32)
 
 
 def _unit(rngs: nnx.Rngs, size: int) -> jax.Array:
     """A random unit vector (spectral norm's initial ``u``, ``v``)."""
-    key = rngs.params()
-    if isinstance(key, jax.core.Tracer):
-        v = jax.random.normal(key, (size,), jnp.float32)
-        return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
-    v = _host_rng(key).standard_normal(size)
+    if _shapes_only(rngs):
+        return jnp.zeros((size,), jnp.float32)
+    v = _host_rng(rngs.params()).standard_normal(size)
     return jnp.asarray(v / max(np.linalg.norm(v), 1e-12), jnp.float32)
 
 
