@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import cv2
 import jax
 import numpy as np
 from flax import nnx
@@ -37,48 +36,12 @@ from tqdm import tqdm
 
 from p2c_jax import CheckpointError, CompiledNet, load_generator
 from p2c_jax.models import NetSpec, abstract
+from preprocessing.generator_io import (Prepared, face_and_mask, postprocess,
+                                        prepare_aligned, prepare_face)
 from preprocessing.io import ImageError, discover, encode_png, load_rgb, write_atomic
 from preprocessing.pipeline import REPORT_NAME, Preprocessor, output_stems
 
 NET = "genA2B"
-
-
-@dataclass
-class Prepared:
-    """One image ready for the generator."""
-
-    photo: np.ndarray  # [S, S, 3] uint8: the face the generator sees (for --side_by_side)
-    x: np.ndarray  # [S, S, 3] float32 in [-1, 1]
-    mask: np.ndarray | None  # [S, S, 1] float64 in [0, 1]; None: all face (--no_preprocess)
-
-
-def prepare_aligned(image: np.ndarray, size: int = 256) -> Prepared:
-    """An already aligned face: resized to ``size`` with INTER_AREA, no mask."""
-    face = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return Prepared(face, (face / 127.5 - 1).astype(np.float32), None)
-
-
-def prepare_face(crop: np.ndarray, mask: np.ndarray, size: int = 256) -> Prepared:
-    """The original's step from the RGBA face (crop + uint8 mask) to the generator input."""
-    rgba = cv2.resize(np.dstack((crop, mask)), (size, size), interpolation=cv2.INTER_AREA)
-    m = rgba[:, :, 3:] / 255.0
-    on_white = rgba[:, :, :3] * m + (1 - m) * 255
-    return Prepared(on_white.astype(np.uint8), (on_white / 127.5 - 1).astype(np.float32), m)
-
-
-def face_and_mask(pre: Preprocessor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest face's aligned crop (not whitened) and its uint8 segmentation mask."""
-    return pre.crop_and_mask(image, pre.align(image)[0])
-
-
-def postprocess(y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Generator output [S, S, 3] in [-1, 1] -> uint8 cartoon on white, truncated as the
-    original does."""
-    cartoon = (y.astype(np.float32) + 1) * 127.5
-    if mask is not None:
-        cartoon = cartoon * mask + 255 * (1 - mask)
-    # the original's astype(uint8) would wrap values outside [0, 255]; tanh never makes them
-    return np.clip(cartoon, 0, 255).astype(np.uint8)
 
 
 class Preparer:
@@ -149,14 +112,7 @@ def torch_twin(gen: BatchedGenerator) -> Callable[[np.ndarray], np.ndarray]:
     model = torch_port.ResnetGenerator(spec.ch, spec.img_size, spec.light)
     model.load_state_dict({k: torch.from_numpy(np.array(v))
                            for k, v in state_to_torch(gen.state).items()})
-    model.eval()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            y = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))[0]
-        return y.numpy().transpose(0, 2, 3, 1)
-
-    return run
+    return torch_port.nhwc_images(model)
 
 
 def psnr(mse: float) -> float:

@@ -8,6 +8,9 @@ Needs the ``torch`` extra.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -298,3 +301,15 @@ def face_crop_112(x: torch.Tensor) -> torch.Tensor:
     left = int(w / 2 - (bottom - top) / 2)
     x = x[:, :, top:bottom, left:left + bottom - top]
     return F.interpolate(x, size=[112, 112], mode="bilinear", align_corners=True)
+
+
+def nhwc_images(generator: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``x [n, S, S, 3] -> image [n, S, S, 3]``, NumPy NHWC, of ``generator`` in eval mode."""
+    generator.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = generator(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))[0]
+        return y.numpy().transpose(0, 2, 3, 1)
+
+    return run
