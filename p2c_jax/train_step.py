@@ -359,10 +359,10 @@ class TrainStep:
     Order: the two translations (forward), the D update, then each of the four parts of the G
     loss from its forward passes to its backward passes, one part after the other, so that at
     most three generator calls keep their residuals at once (all six did when the G loss was
-    one program: peak RSS 4.93 -> 4.30 GB at 256 x 256). Between their forward and backward programs the
-    generators keep only their convolutions' outputs (``_gen_forward``). With ``remat`` they
-    keep nothing and run the forward pass again in the backward program (rematerialisation):
-    less memory for one more forward pass per call.
+    one program: peak RSS 4.93 -> 4.30 GB at 256 x 256). Between their forward and backward
+    programs the generators keep only their convolutions' outputs (``_gen_forward``). With
+    ``remat`` they keep nothing and run the forward pass again in the backward program
+    (rematerialisation): less memory for one more forward pass per call.
 
     On CPU each step ends by giving the C heap's free pages back to the system
     (``malloc_trim``): glibc keeps the pages of freed buffers resident, the compiler's among
