@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from p2c_jax import checkpoint
+from p2c_jax import checkpoint, torch_file
 from p2c_jax.checkpoint import CheckpointError, NetWeights
 from p2c_jax.models import TRAINING_NETS, NetSpec, abstract
 
@@ -136,30 +136,30 @@ def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise CheckpointError("reading or writing PyTorch checkpoints needs torch: "
+        raise CheckpointError("writing PyTorch checkpoints needs torch: "
                               "pip install 'p2c-jax[torch]'") from e
     return torch
 
 
 def read_torch_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{net: {key: array}}`` from an original ``.pt``/``.pth`` (never unpickles code)."""
-    torch = _torch()
+    """``{net: {key: array}}`` from an original ``.pt``/``.pth``; needs no torch and never
+    unpickles code (``torch_file``)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+        obj = torch_file.read(path)
+    except (FileNotFoundError, IsADirectoryError):
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as e:  # torch raises many types for non-checkpoints
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    except torch_file.TorchFileError as e:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({e})") from None
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint of state_dicts "
                               f"(holds {type(obj).__name__})")
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {FACENET: {k: v.numpy() for k, v in obj.items()}}
+    if all(isinstance(v, np.ndarray) for v in obj.values()):
+        return {FACENET: dict(obj)}
     bad = [k for k, v in obj.items()
-           if not (isinstance(v, Mapping) and all(isinstance(t, torch.Tensor) for t in v.values()))]
+           if not (isinstance(v, Mapping) and all(isinstance(t, np.ndarray) for t in v.values()))]
     if bad:
         raise CheckpointError(f"{path}: entries {bad} are not state_dicts")
-    return {net: {k: t.numpy() for k, t in sd.items()} for net, sd in obj.items()}
+    return {net: dict(sd) for net, sd in obj.items()}
 
 
 def load_torch(path: str | Path, nets: list[str] | None = None, *,
