@@ -268,7 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg_model", default=None, help="the original's seg_model_384.pb")
     p.add_argument("--device", default="cpu", help="device of the face-alignment backend")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--compile_cache", default=default_compile_cache(),
+                   help="folder where the compiled generator is kept for later commands, which "
+                        "then start seconds sooner (default: %(default)s); none: no cache")
     return p
+
+
+def default_compile_cache() -> str:
+    """``$JAX_COMPILATION_CACHE_DIR``, else ``p2c-jax/xla`` in the user's cache folder."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "p2c-jax", "xla")
 
 
 def make_preprocessor(args: argparse.Namespace) -> Preprocessor:
@@ -284,6 +295,8 @@ def make_preprocessor(args: argparse.Namespace) -> Preprocessor:
 def main(argv: Sequence[str] | None = None) -> int:
     """``infer.py INPUTS... --output DIR --weights PATH`` (console script ``p2c-infer``)."""
     args = build_parser().parse_args(argv)
+    if args.compile_cache != "none":
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     output = Path(args.output).absolute()
     items = [(p, rel) for p, rel in discover(args.inputs) if output not in p.absolute().parents]
     try:

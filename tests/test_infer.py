@@ -337,3 +337,26 @@ def test_two_devices_give_identical_pngs(tmp_path, small):
     for i in range(5):
         np.testing.assert_array_equal(png(tmp_path / "two" / f"f{i}.png"),
                                       png(tmp_path / "one" / f"f{i}.png"))
+
+
+def test_later_commands_reuse_the_compiled_generator(tmp_path, small):
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(synthetic_photo(256, 256, 3)).save(src / "a.png")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "home_cache"), JAX_PLATFORMS="cpu",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # the small net compiles fast
+    code = ("import sys, jax; hits = []; jax.monitoring.register_event_listener("
+            "lambda event, **_: hits.append(event == '/jax/compilation_cache/cache_hits')); "
+            "from p2c_jax.inference import main; rc = main(sys.argv[1:]); "
+            "print('cache hits', sum(hits)); sys.exit(rc)")
+    args = [str(src), "--weights", str(path), "--no_preprocess", "--no_progress"]
+    runs = [subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / f"out{i}")],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            for i in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert any((tmp_path / "home_cache" / "p2c-jax" / "xla").iterdir())  # the default folder
+    hits = [int(r.stdout.split("cache hits")[-1]) for r in runs]
+    assert hits[0] == 0 and hits[1] > 0, hits
+    np.testing.assert_array_equal(png(tmp_path / "out1" / "a.png"), png(tmp_path / "out0" / "a.png"))
