@@ -20,7 +20,7 @@ from p2c_jax.layers import _conv, conv2d
 # (height = width of the output, C_in, C_out, kernel, stride, zero padding): the generator's
 # convolutions at ngf 32 and 256 x 256 (reflection pads are applied before them, so padding 0)
 SHAPES = [(64, 128, 128, 3, 1, 0), (256, 32, 16, 3, 1, 0), (128, 32, 16, 3, 1, 0),
-          (256, 16, 8, 3, 1, 0), (256, 3, 32, 7, 1, 0), (256, 32, 3, 7, 1, 0),
+          (256, 16, 8, 3, 1, 0), (256, 3, 32, 7, 1, 0), (256, 3, 3, 7, 1, 0),
           (256, 32, 32, 1, 1, 0), (256, 32, 3, 1, 1, 0), (128, 32, 64, 3, 2, 0),
           (64, 64, 128, 3, 2, 0), (64, 128, 64, 2, 1, 0)]
 

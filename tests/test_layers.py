@@ -34,12 +34,13 @@ def test_upsample_pad_conv3x3(shape):
 
 @pytest.mark.parametrize("kernel,cin,cout,stride,padding,groups,tol", [
     (3, 32, 5, 1, 1, 1, 1e-11), (3, 24, 5, 1, 0, 1, 1e-11),  # 16-channel slices (one partial)
-    (7, 3, 8, 1, 3, 1, 1e-11), (7, 3, 4, 1, 0, 1, 1e-11),    # kernel columns on the input
-    (7, 8, 3, 1, 3, 1, 1e-11), (5, 6, 2, 1, 0, 1, 1e-11),    # kernel taps on the output
+    (7, 3, 8, 1, 3, 1, 1e-11), (7, 3, 4, 1, 0, 1, 1e-11),    # over 2 x 2 pixel blocks
+    (5, 2, 6, 1, 0, 1, 1e-11), (4, 3, 3, 1, 1, 1, 1e-11),    # (odd sizes cropped)
     (1, 5, 7, 1, 0, 1, 1e-11),                               # a matrix product
     (3, 6, 6, 1, 1, 6, 1e-12), (3, 6, 6, 2, 1, 6, 1e-12),    # depthwise multiply-adds
     (7, 6, 6, 1, 0, 6, 1e-12),
     (3, 48, 5, 2, 1, 1, 1e-11), (3, 48, 5, 1, 0, 1, 1e-11),  # XLA's own
+    (7, 8, 3, 1, 3, 1, 1e-11),
 ])
 def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, groups, tol):
     """Output and both gradients of each form ``conv2d`` picks, against XLA's convolution."""
