@@ -146,7 +146,7 @@ def read_torch_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     unpickles code (``torch_file``)."""
     try:
         obj = torch_file.read(path)
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except torch_file.TorchFileError as e:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({e})") from None

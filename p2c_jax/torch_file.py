@@ -170,7 +170,7 @@ def read(path: str | Path) -> Any:
             return _read_zip(path)
         with open(path, "rb") as f:
             return _read_legacy(f)
-    except (TorchFileError, FileNotFoundError, IsADirectoryError):
+    except (TorchFileError, FileNotFoundError):
         raise
     except Exception as e:  # a truncated or foreign file fails in many ways
         raise TorchFileError(f"{type(e).__name__}: {e}") from None
