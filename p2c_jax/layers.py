@@ -142,7 +142,8 @@ def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
     x = (x.reshape(n, rows // s, s, cols // s, s, c_in).transpose(0, 1, 3, 2, 4, 5)
          .reshape(n, rows // s, cols // s, s * s * c_in))
     y = _conv(x, blocks_kernel)
-    y = y.reshape(n, ho, wo, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho * s, wo * s, c_out)
+    y = (y.reshape(n, ho, wo, s, s, c_out).transpose(0, 1, 3, 2, 4, 5)
+         .reshape(n, ho * s, wo * s, c_out))
     return y[:, :h, :w]
 
 

@@ -42,10 +42,10 @@ class _StorageType:
 
 @dataclass(frozen=True)
 class _Storage:
-    """A storage the pickle refers to; its bytes live elsewhere in the file."""
+    """A storage the pickle refers to; its bytes live elsewhere in the file, its dtype in the
+    unpickler's ``storages``."""
 
     key: str
-    dtype: np.dtype
     offset: int = 0  # elements into the root storage (legacy views)
 
 
@@ -95,13 +95,14 @@ class _Unpickler(pickle.Unpickler):
         key, dtype = str(pid[2]), pid[1].dtype
         self.storages[key] = dtype
         view = pid[5] if len(pid) > 5 else None
-        return _Storage(key, dtype, int(view[1]) if view is not None else 0)
+        return _Storage(key, int(view[1]) if view is not None else 0)
 
 
-def _build(obj: Any, storage: Callable[[str, np.dtype], np.ndarray]) -> Any:
-    """``obj`` with every ``_Tensor`` replaced by an array of its own memory."""
+def _build(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
+    """``obj`` with every ``_Tensor`` replaced by an array of its own memory; ``storage(key)``
+    is the flat array of a storage."""
     if isinstance(obj, _Tensor):
-        flat = storage(obj.storage.key, obj.storage.dtype)[obj.storage.offset + obj.offset:]
+        flat = storage(obj.storage.key)[obj.storage.offset + obj.offset:]
         size = int(np.prod(obj.shape))
         end = sum((n - 1) * s for n, s in zip(obj.shape, obj.stride)) + 1 if size else 0
         if end > flat.size:
@@ -125,12 +126,14 @@ def _read_zip(path: Path) -> Any:
         if prefix + "byteorder" in names and archive.read(prefix + "byteorder") != b"little":
             raise TorchFileError("big-endian tensors are not supported")
         with archive.open(pkl) as f:
-            obj = _Unpickler(f).load()
+            unpickler = _Unpickler(f)
+            obj = unpickler.load()
         cache: dict[str, np.ndarray] = {}
 
-        def storage(key: str, dtype: np.dtype) -> np.ndarray:
+        def storage(key: str) -> np.ndarray:
             if key not in cache:
-                cache[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype)
+                cache[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"),
+                                           unpickler.storages[key])
             return cache[key]
 
         return _build(obj, storage)
@@ -155,7 +158,7 @@ def _read_legacy(f: BinaryIO) -> Any:
         if len(data) != count * dtype.itemsize:
             raise TorchFileError("the file ends inside a storage")
         storages[str(key)] = np.frombuffer(data, dtype)
-    return _build(obj, lambda key, dtype: storages[key])
+    return _build(obj, storages.__getitem__)
 
 
 def read(path: str | Path) -> Any:
