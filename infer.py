@@ -1,11 +1,8 @@
-"""Photos -> cartoons: ``python infer.py INPUTS... --output DIR --weights WEIGHTS``.
-
-See ``p2c_jax.inference`` (console script ``p2c-infer``); ``--help`` lists the options.
-"""
+"""Photos -> cartoons: ``python infer.py INPUTS... --output DIR --weights WEIGHTS`` (``--help``)."""
 
 import sys
 
-from p2c_jax.inference import main
+from p2c_jax.cli.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,7 @@ def _run_one(impl: str, ngf: int, light: bool, batch: int, repeats: int) -> dict
     import numpy as np
     import torch
 
-    from p2c_jax import torch_port
+    from p2c_jax.pytorch import nets as torch_port
 
     torch.manual_seed(0)
     ref = torch_port.ResnetGenerator(ngf, 256, light).eval()
@@ -35,7 +35,7 @@ def _run_one(impl: str, ngf: int, light: bool, batch: int, repeats: int) -> dict
         import jax
 
         from p2c_jax import CompiledNet
-        from p2c_jax.convert import spec_from_state_dict, state_from_torch
+        from p2c_jax.weights.convert import spec_from_state_dict, state_from_torch
 
         sd = {k: v.numpy() for k, v in ref.state_dict().items()}
         spec = spec_from_state_dict("genA2B", sd)
@@ -44,6 +44,7 @@ def _run_one(impl: str, ngf: int, light: bool, batch: int, repeats: int) -> dict
 
         def step():
             return jax.block_until_ready(gen(x)[0])
+
     t = time.perf_counter()
     step()  # warm-up (compiles for jax)
     first = time.perf_counter() - t
@@ -52,9 +53,14 @@ def _run_one(impl: str, ngf: int, light: bool, batch: int, repeats: int) -> dict
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"impl": impl, "batch": batch, "first_s": first, "s_per_batch": min(times),
-            "images_per_s": batch / min(times),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "impl": impl,
+        "batch": batch,
+        "first_s": first,
+        "s_per_batch": min(times),
+        "images_per_s": batch / min(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -72,19 +78,39 @@ def main() -> None:
     rows = []
     for batch in args.batches:
         for impl in ("torch", "jax"):
-            out = subprocess.run([sys.executable, __file__, "--child", f"{impl}:{batch}",
-                                  "--ngf", str(args.ngf), "--light", str(args.light),
-                                  "--repeats", str(args.repeats)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    f"{impl}:{batch}",
+                    "--ngf",
+                    str(args.ngf),
+                    "--light",
+                    str(args.light),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"generator ngf={args.ngf} light={args.light} 256x256, best of {args.repeats}")
-    print("| batch | PyTorch img/s | JAX img/s | speed-up | PyTorch peak RSS | JAX peak RSS | JAX compile+first |")
+    print(
+        "| batch | PyTorch img/s | JAX img/s | speed-up | PyTorch peak RSS | JAX peak RSS | JAX compile+first |"
+    )
     print("|---|---|---|---|---|---|---|")
     for batch in args.batches:
-        t, j = (next(r for r in rows if r["impl"] == i and r["batch"] == batch) for i in ("torch", "jax"))
-        print(f"| {batch} | {t['images_per_s']:.2f} | {j['images_per_s']:.2f} | "
-              f"{j['images_per_s'] / t['images_per_s']:.2f}x | {t['peak_rss_mb']:.0f} MB | "
-              f"{j['peak_rss_mb']:.0f} MB | {j['first_s']:.1f} s |")
+        t, j = (
+            next(r for r in rows if r["impl"] == i and r["batch"] == batch)
+            for i in ("torch", "jax")
+        )
+        print(
+            f"| {batch} | {t['images_per_s']:.2f} | {j['images_per_s']:.2f} | "
+            f"{j['images_per_s'] / t['images_per_s']:.2f}x | {t['peak_rss_mb']:.0f} MB | "
+            f"{j['peak_rss_mb']:.0f} MB | {j['first_s']:.1f} s |"
+        )
 
 
 if __name__ == "__main__":

@@ -133,11 +133,20 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=None, help="default: as infer.py")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ngf", type=int, default=32)
-    p.add_argument("--torch_threads", type=int, default=None,
-                   help="torch intra-op threads of the original's paths (default: torch's own, "
-                        "the core count); 1 is steadier on a loaded machine")
-    p.add_argument("--one_photo", nargs=3, type=Path, metavar=("PHOTO", "OUT", "WEIGHTS"),
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--torch_threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads of the original's paths (default: torch's own, "
+        "the core count); 1 is steadier on a loaded machine",
+    )
+    p.add_argument(
+        "--one_photo",
+        nargs=3,
+        type=Path,
+        metavar=("PHOTO", "OUT", "WEIGHTS"),
+        help=argparse.SUPPRESS,
+    )
     args = p.parse_args()
     import torch
 
@@ -166,18 +175,41 @@ def main() -> None:
         threads = ["--torch_threads", str(args.torch_threads)] if args.torch_threads else []
 
         # as commands
-        per_photo_s = timed_commands([
-            [sys.executable, __file__, "--one_photo", str(f), str(tmp / "cmd_base"), str(weights),
-             "--ngf", str(args.ngf), *threads] for f, _ in items])
-        infer = [sys.executable, str(ROOT / "infer.py"), str(tmp / "in"), "--weights", str(weights),
-                 "--workers", str(args.workers), "--no_progress",
-                 "--compile_cache", str(tmp / "xla_cache")]  # empty: the first command compiles
+        per_photo_s = timed_commands(
+            [
+                [
+                    sys.executable,
+                    __file__,
+                    "--one_photo",
+                    str(f),
+                    str(tmp / "cmd_base"),
+                    str(weights),
+                    "--ngf",
+                    str(args.ngf),
+                    *threads,
+                ]
+                for f, _ in items
+            ]
+        )
+        infer = [
+            sys.executable,
+            str(ROOT / "infer.py"),
+            str(tmp / "in"),
+            "--weights",
+            str(weights),
+            "--workers",
+            str(args.workers),
+            "--no_progress",
+            "--compile_cache",
+            str(tmp / "xla_cache"),
+        ]  # empty: the first command compiles
         if args.batch_size:
             infer += ["--batch_size", str(args.batch_size)]
-        folder_s = timed_commands([infer + ["--output", str(tmp / "cmd_ours")]])
-        cached_s = timed_commands([infer + ["--output", str(tmp / "cmd_cached")]])
-        cmd_done = [len(list((tmp / d).glob("*.png")))
-                    for d in ("cmd_base", "cmd_ours", "cmd_cached")]
+        folder_s = timed_commands([[*infer, "--output", str(tmp / "cmd_ours")]])
+        cached_s = timed_commands([[*infer, "--output", str(tmp / "cmd_cached")]])
+        cmd_done = [
+            len(list((tmp / d).glob("*.png"))) for d in ("cmd_base", "cmd_ours", "cmd_cached")
+        ]
 
         # in one process
         gen = BatchedGenerator(load_generator(weights), args.batch_size or default_batch_size())
@@ -185,8 +217,14 @@ def main() -> None:
         gen(np.zeros((1, 256, 256, 3), np.float32))
         compile_s = time.perf_counter() - t
         t = time.perf_counter()
-        ours = run(items, tmp / "ours", gen, Preparer(make_preprocessor), workers=args.workers,
-                   progress=False)
+        ours = run(
+            items,
+            tmp / "ours",
+            gen,
+            Preparer(make_preprocessor),
+            workers=args.workers,
+            progress=False,
+        )
         ours_s = time.perf_counter() - t
         pre, model = make_preprocessor(), torch_generator(weights, args.ngf)
         t = time.perf_counter()
@@ -194,19 +232,31 @@ def main() -> None:
         base_s = time.perf_counter() - t
 
     if len({*cmd_done, ours.done, base_done}) != 1:
-        raise SystemExit(f"the paths did different work: {cmd_done} by command, "
-                         f"{ours.line()} vs {base_done} done in one process")
+        raise SystemExit(
+            f"the paths did different work: {cmd_done} by command, "
+            f"{ours.line()} vs {base_done} done in one process"
+        )
     n = ours.done
-    rows = [("the original's `test.py`, one command per photo (PyTorch port)", per_photo_s, None),
-            ("`infer.py`, one command for the folder (start-up, compile included)", folder_s,
-             per_photo_s),
-            ("`infer.py` again, the compiled generator from the first command's cache", cached_s,
-             per_photo_s),
-            ("the original's single-image loop in one process, models loaded once", base_s, None),
-            ("`p2c_jax.inference.run` in one process, compiled before the clock", ours_s, base_s)]
-    print(f"{args.count} photos ({n} with a face), ngf={args.ngf} light, batch {gen.batch_size}, "
-          f"{args.workers} workers, torch threads {torch.get_num_threads()}; "
-          f"JAX compile {compile_s:.1f} s (in-process row: before the clock)")
+    rows = [
+        ("the original's `test.py`, one command per photo (PyTorch port)", per_photo_s, None),
+        (
+            "`infer.py`, one command for the folder (start-up, compile included)",
+            folder_s,
+            per_photo_s,
+        ),
+        (
+            "`infer.py` again, the compiled generator from the first command's cache",
+            cached_s,
+            per_photo_s,
+        ),
+        ("the original's single-image loop in one process, models loaded once", base_s, None),
+        ("`p2c_jax.inference.run` in one process, compiled before the clock", ours_s, base_s),
+    ]
+    print(
+        f"{args.count} photos ({n} with a face), ngf={args.ngf} light, batch {gen.batch_size}, "
+        f"{args.workers} workers, torch threads {torch.get_num_threads()}; "
+        f"JAX compile {compile_s:.1f} s (in-process row: before the clock)"
+    )
     print("| path | images/s | s/image | speed-up |\n|---|---|---|---|")
     for name, secs, baseline in rows:
         speed_up = f"{baseline / secs:.2f}x" if baseline else "1.00x"

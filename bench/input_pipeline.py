@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from p2c_jax.demo_data import build_demo
-from p2c_jax.input_pipeline import train_batches
+from p2c_jax.data.demo import build_demo
+from p2c_jax.data.input_pipeline import train_batches
 
 REQUIRED = 10.0  # batches/s: ten times the fastest train step here
 
@@ -43,8 +43,10 @@ def main() -> None:
         for batch in args.batches:
             r = rate(dataset, batch, args.img_size, args.seconds, args.workers)
             verdict = "ok" if r >= REQUIRED else "TOO SLOW"
-            print(f"img_size {args.img_size} batch {batch}: {r:7.1f} batches/s "
-                  f"({r * batch:7.1f} images/s), required {REQUIRED:.0f} batches/s: {verdict}")
+            print(
+                f"img_size {args.img_size} batch {batch}: {r:7.1f} batches/s "
+                f"({r * batch:7.1f} images/s), required {REQUIRED:.0f} batches/s: {verdict}"
+            )
 
 
 if __name__ == "__main__":

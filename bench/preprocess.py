@@ -45,20 +45,32 @@ def main() -> None:
             image = args.image
         for i in range(args.count):
             (src / f"{i:04d}{image.suffix}").symlink_to(image.resolve())
-        pre = Preprocessor(make_landmarker(args.landmarks), make_segmenter(args.segmentation, args.seg_model))
+        pre = Preprocessor(
+            make_landmarker(args.landmarks), make_segmenter(args.segmentation, args.seg_model)
+        )
         io_timings: dict[str, float] = defaultdict(float)
         t = time.perf_counter()
-        summary = run([(f, f.name) for f in sorted(src.iterdir())], Path(tmp) / "out", pre, progress=False, timings=io_timings)
+        summary = run(
+            [(f, f.name) for f in sorted(src.iterdir())],
+            Path(tmp) / "out",
+            pre,
+            progress=False,
+            timings=io_timings,
+        )
         total = time.perf_counter() - t
 
     n = summary.done
     if n == 0:
         raise SystemExit(f"no image was processed: {summary.line()}")
-    print(f"{n} images ({args.image or 'astronaut'}), {args.landmarks} + {args.segmentation}: "
-          f"{n / total:.2f} img/s, {1000 * total / n:.0f} ms/img")
+    print(
+        f"{n} images ({args.image or 'astronaut'}), {args.landmarks} + {args.segmentation}: "
+        f"{n / total:.2f} img/s, {1000 * total / n:.0f} ms/img"
+    )
     stages = {"decode": io_timings["decode"], **pre.timings, "write": io_timings["write"]}
     for stage, seconds in stages.items():
-        print(f"  {stage:12s} {1000 * seconds / n:8.1f} ms/img  {n / seconds if seconds else float('inf'):8.1f} img/s")
+        print(
+            f"  {stage:12s} {1000 * seconds / n:8.1f} ms/img  {n / seconds if seconds else float('inf'):8.1f} img/s"
+        )
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ def run_jax(args, remat: bool) -> dict:
     import numpy as np
     from flax import nnx
 
-    from p2c_jax import train_step as ts
-    from p2c_jax.face_id import FaceID
-    from p2c_jax.models import NetSpec, build, training_specs
+    from p2c_jax.nn.models import NetSpec, build, training_specs
+    from p2c_jax.train import step as ts
+    from p2c_jax.train.face_id import FaceID
 
     specs = training_specs(args.ch, args.img_size, args.light)
     face_spec = NetSpec("mobilefacenet", 512)
@@ -49,12 +49,16 @@ def run_jax(args, remat: bool) -> dict:
     step = ts.TrainStep(model, hp, mesh, remat=remat)
     rng = np.random.default_rng(0)
     shape = (1, args.img_size, args.img_size, 3)
-    batch = lambda: ts.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh)
+
+    def batch():
+        return ts.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh)
+
     a, b = batch(), batch()
     jax.block_until_ready((state, face_state, a, b))
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **_: compiles.append(secs) if event == COMPILE_EVENT else None)
+        lambda event, secs, **_: compiles.append(secs) if event == COMPILE_EVENT else None
+    )
     t = time.perf_counter()
     state, _ = step(state, face_state, a, b)  # traces and compiles the step's programs
     jax.block_until_ready(state)
@@ -66,22 +70,33 @@ def run_jax(args, remat: bool) -> dict:
         state, _ = step(state, face_state, a, b)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
-    return {"s_per_step": float(np.median(times)), "compile_s": sum(compiles),
-            "first_step_s": first_s, "peak_rss_gb": _peak_rss_gb()}
+    return {
+        "s_per_step": float(np.median(times)),
+        "compile_s": sum(compiles),
+        "first_step_s": first_s,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
 
 
 def run_torch(args) -> dict:
     import numpy as np
     import torch
+    from torch_trainer import TorchTrainer
 
-    from p2c_jax import torch_port
-    from p2c_jax.torch_trainer import TorchTrainer
-    from p2c_jax.train_step import Hparams
+    from p2c_jax.pytorch import nets as torch_port
+    from p2c_jax.train.step import Hparams
 
     torch.manual_seed(0)
-    nets = {n: torch_port.ResnetGenerator(args.ch, args.img_size, args.light) for n in ("genA2B", "genB2A")}
-    nets.update({n: torch_port.Discriminator(3, args.ch, k)
-                 for n, k in (("disGA", 7), ("disGB", 7), ("disLA", 5), ("disLB", 5))})
+    nets = {
+        n: torch_port.ResnetGenerator(args.ch, args.img_size, args.light)
+        for n in ("genA2B", "genB2A")
+    }
+    nets.update(
+        {
+            n: torch_port.Discriminator(3, args.ch, k)
+            for n, k in (("disGA", 7), ("disGB", 7), ("disLA", 5), ("disLB", 5))
+        }
+    )
     trainer = TorchTrainer(nets, torch_port.MobileFaceNet(512), Hparams())
     shape = (1, 3, args.img_size, args.img_size)
     trainer.step(torch.rand(shape) * 2 - 1, torch.rand(shape) * 2 - 1)  # warm-up
@@ -91,12 +106,19 @@ def run_torch(args) -> dict:
         t = time.perf_counter()
         trainer.step(a, b)
         times.append(time.perf_counter() - t)
-    return {"s_per_step": float(np.median(times)), "compile_s": 0.0, "first_step_s": 0.0,
-            "peak_rss_gb": _peak_rss_gb()}
+    return {
+        "s_per_step": float(np.median(times)),
+        "compile_s": 0.0,
+        "first_step_s": 0.0,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
 
 
-SIDES = {"torch": "PyTorch port (torch CPU)", "jax": "p2c-jax (XLA CPU)",
-         "jax_remat": "p2c-jax, --remat true"}
+SIDES = {
+    "torch": "PyTorch port (torch CPU)",
+    "jax": "p2c-jax (XLA CPU)",
+    "jax_remat": "p2c-jax, --remat true",
+}
 
 
 def main() -> None:
@@ -108,26 +130,44 @@ def main() -> None:
     p.add_argument("--only", choices=list(SIDES), default=None)
     args = p.parse_args()
     if args.only:
-        result = run_torch(args) if args.only == "torch" else run_jax(args, args.only == "jax_remat")
+        result = (
+            run_torch(args) if args.only == "torch" else run_jax(args, args.only == "jax_remat")
+        )
         print(json.dumps(result))
         return
     rows = {}
     for side in SIDES:
-        cmd = [sys.executable, __file__, "--only", side, "--img_size", str(args.img_size),
-               "--ch", str(args.ch), "--light", str(args.light).lower(), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--only",
+            side,
+            "--img_size",
+            str(args.img_size),
+            "--ch",
+            str(args.ch),
+            "--light",
+            str(args.light).lower(),
+            "--steps",
+            str(args.steps),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows[side] = json.loads(out.strip().splitlines()[-1])
         print(side, rows[side], flush=True)
-    print(f"\n{args.img_size} x {args.img_size}, batch 1, light={args.light}, ch={args.ch}, "
-          f"Face-ID on, median of {args.steps} steps")
+    print(
+        f"\n{args.img_size} x {args.img_size}, batch 1, light={args.light}, ch={args.ch}, "
+        f"Face-ID on, median of {args.steps} steps"
+    )
     print("| | s / step | speed-up | XLA compile s | first step s | peak RSS GB | memory |")
     print("|---|---|---|---|---|---|---|")
     torch_row = rows["torch"]
     for side, name in SIDES.items():
         r = rows[side]
-        print(f"| {name} | {r['s_per_step']:.2f} | {torch_row['s_per_step'] / r['s_per_step']:.2f}x | "
-              f"{r['compile_s']:.0f} | {r['first_step_s']:.0f} | {r['peak_rss_gb']:.2f} | "
-              f"{r['peak_rss_gb'] / torch_row['peak_rss_gb']:.2f}x |")
+        print(
+            f"| {name} | {r['s_per_step']:.2f} | {torch_row['s_per_step'] / r['s_per_step']:.2f}x | "
+            f"{r['compile_s']:.0f} | {r['first_step_s']:.0f} | {r['peak_rss_gb']:.2f} | "
+            f"{r['peak_rss_gb'] / torch_row['peak_rss_gb']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

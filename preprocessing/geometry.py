@@ -9,8 +9,8 @@ All functions are pure numpy/OpenCV and follow `utils/face_detect.py` and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -52,7 +52,10 @@ def largest_face(faces: Sequence[np.ndarray]) -> int:
 
 def eye_angle(landmarks: np.ndarray) -> float:
     """Rotation (radians, counter-clockwise on screen) that levels the outer eye corners."""
-    left, right = np.asarray(landmarks[LEFT_EYE_OUTER], np.float64), np.asarray(landmarks[RIGHT_EYE_OUTER], np.float64)
+    left, right = (
+        np.asarray(landmarks[LEFT_EYE_OUTER], np.float64),
+        np.asarray(landmarks[RIGHT_EYE_OUTER], np.float64),
+    )
     dx, dy = left[0] - right[0], left[1] - right[1]
     if dx == 0:
         return math.copysign(math.pi / 2, dy) if dy else 0.0
@@ -113,7 +116,9 @@ def crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     sx0, sy0 = max(left, 0), max(top, 0)
     sx1, sy1 = min(right, w - 1), min(bottom, h - 1)
     if sx0 <= sx1 and sy0 <= sy1:
-        out[sy0 - top : sy1 - top + 1, sx0 - left : sx1 - left + 1] = image[sy0 : sy1 + 1, sx0 : sx1 + 1, :3]
+        out[sy0 - top : sy1 - top + 1, sx0 - left : sx1 - left + 1] = image[
+            sy0 : sy1 + 1, sx0 : sx1 + 1, :3
+        ]
     return out
 
 
@@ -133,11 +138,15 @@ class Alignment:
     canvas_landmarks: np.ndarray  # on the rotated canvas
 
 
-def align(image_shape: tuple[int, ...], landmarks: np.ndarray, height_scale: float = 1.0) -> Alignment:
+def align(
+    image_shape: tuple[int, ...], landmarks: np.ndarray, height_scale: float = 1.0
+) -> Alignment:
     """Rotation and crop box for one face's 68 landmarks."""
     rotation = rotation_for(image_shape, eye_angle(landmarks))
     canvas = rotation.apply(landmarks)
-    return Alignment(rotation, crop_box(canvas, height_scale), np.asarray(landmarks, np.float64), canvas)
+    return Alignment(
+        rotation, crop_box(canvas, height_scale), np.asarray(landmarks, np.float64), canvas
+    )
 
 
 def aligned_crop(image: np.ndarray, alignment: Alignment) -> np.ndarray:

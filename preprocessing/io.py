@@ -6,9 +6,9 @@ import glob
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable
 from io import BytesIO
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np

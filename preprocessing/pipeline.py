@@ -6,9 +6,9 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -16,9 +16,8 @@ from tqdm import tqdm
 from . import geometry
 from .io import ImageError, encode_png, load_rgb, write_atomic
 from .landmarks import Landmarker
+from .report import Report, Summary
 from .segmentation import Segmenter
-
-REPORT_NAME = "report.jsonl"
 
 
 class NoFaceError(ImageError):
@@ -75,16 +74,22 @@ class Preprocessor:
         scale = getattr(self.landmarker, "box_height_scale", 1.0)
         return [geometry.align(image.shape, faces[i], scale) for i in order]
 
-    def crop_and_mask(self, image: np.ndarray, alignment: geometry.Alignment) -> tuple[np.ndarray, np.ndarray]:
+    def crop_and_mask(
+        self, image: np.ndarray, alignment: geometry.Alignment
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The aligned crop of one face (not whitened) and its uint8 portrait mask."""
         crop = self._timed("rotate_crop", geometry.aligned_crop, image, alignment)
         left, top = alignment.box[:2]
-        mask = self._timed("segment", self.segmenter, crop, alignment.canvas_landmarks - (left, top))
+        mask = self._timed(
+            "segment", self.segmenter, crop, alignment.canvas_landmarks - (left, top)
+        )
         return crop, mask
 
     def face(self, image: np.ndarray, alignment: geometry.Alignment) -> np.ndarray:
         """The aligned crop of one face, composited on white by its mask."""
-        return self._timed("composite", geometry.composite_on_white, *self.crop_and_mask(image, alignment))
+        return self._timed(
+            "composite", geometry.composite_on_white, *self.crop_and_mask(image, alignment)
+        )
 
     def __call__(self, image: np.ndarray) -> list[Output]:
         alignments = self.align(image)
@@ -97,51 +102,11 @@ def as_is(image: np.ndarray) -> list[Output]:
     return [Output("", image)]
 
 
-@dataclass
-class Summary:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    reasons: Counter = field(default_factory=Counter)
-
-    @property
-    def exit_code(self) -> int:
-        """0: every input done; 1: some failed; 2: none done."""
-        if self.failed == 0 and self.done + self.skipped > 0:
-            return 0
-        return 1 if self.done + self.skipped > 0 else 2
-
-    def line(self) -> str:
-        total = self.done + self.skipped + self.failed
-        text = f"{total} inputs: {self.done + self.skipped} done ({self.skipped} already), {self.failed} failed"
-        if self.reasons:
-            text += " [" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + "]"
-        return text
-
-
 def output_stems(names: Sequence[str]) -> dict[str, str]:
     """Relative output stem per input name: the name without its suffix, unless two collide."""
     stems = {n: str(Path(n).with_suffix("")) for n in names}
     count = Counter(stems.values())
     return {n: (s if count[s] == 1 else n) for n, s in stems.items()}
-
-
-def _previous(report: Path) -> dict[str, dict]:
-    if not report.is_file():
-        return {}
-    records = {}
-    for line in report.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-            records[rec["name"]] = rec
-        except (ValueError, KeyError, TypeError):
-            continue
-    return records
-
-
-def _already_done(rec: dict | None, save_path: Path) -> bool:
-    return bool(rec and rec.get("status") in ("done", "skipped") and rec.get("outputs")
-                and all((save_path / o).is_file() for o in rec["outputs"]))
 
 
 def run(
@@ -151,28 +116,21 @@ def run(
     *,
     save_meta: bool = False,
     progress: bool = True,
-    report_name: str = REPORT_NAME,
     timings: dict[str, float] | None = None,
 ) -> Summary:
-    """Process every (path, relative name) into `save_path`, never stopping on a bad file.
+    """Process every (path, relative name) into ``save_path``, never stopping on a bad file.
 
-    Each input gets a line in `save_path/report.jsonl` (done, already done, or the
-    reason it failed); inputs whose outputs from a previous run exist are skipped.
+    Each input gets a line in ``save_path/report.jsonl`` (done, already done, or the reason it
+    failed), written as it finishes; inputs whose outputs from a previous run exist are skipped.
     """
     save_path = Path(save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
-    report = save_path / report_name
     items = list(inputs)
     stems = output_stems([rel for _, rel in items])
-    previous = _previous(report)
     timings = timings if timings is not None else defaultdict(float)
-    summary, records = Summary(), []
-    try:
+    with Report(save_path) as report:
         for path, rel in tqdm(items, disable=not progress, unit="img", file=sys.stderr):
-            rec = {"name": rel, "input": str(path)}
-            if _already_done(previous.get(rel), save_path):
-                summary.skipped += 1
-                records.append({**rec, "status": "skipped", "outputs": previous[rel]["outputs"]})
+            if (outputs := report.already_done(rel)) is not None:
+                report.skipped(rel, path, outputs)
                 continue
             try:
                 t = time.perf_counter()
@@ -189,13 +147,7 @@ def run(
                     written.append(f"{stem}.png")
                 timings["write"] += time.perf_counter() - t
             except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-                reason = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-                summary.failed += 1
-                summary.reasons[reason.split(" (")[0]] += 1
-                records.append({**rec, "status": "failed", "reason": reason})
+                report.failed(rel, path, exc)
                 continue
-            summary.done += 1
-            records.append({**rec, "status": "done", "outputs": written})
-    finally:
-        write_atomic(report, "".join(json.dumps(r) + "\n" for r in records).encode())
-    return summary
+            report.done(rel, path, written)
+    return report.summary

@@ -33,7 +33,12 @@ def probability_to_mask(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 class FrozenGraphSegmenter:
     """Runs the original's TensorFlow frozen graph `seg_model_384.pb`."""
 
-    def __init__(self, model_path: str | Path, input_name: str = "input_1:0", output_name: str = "sigmoid/Sigmoid:0"):
+    def __init__(
+        self,
+        model_path: str | Path,
+        input_name: str = "input_1:0",
+        output_name: str = "sigmoid/Sigmoid:0",
+    ):
         import tensorflow as tf
 
         graph_def = tf.compat.v1.GraphDef.FromString(Path(model_path).read_bytes())
@@ -74,7 +79,14 @@ class GrabCutSegmenter:
         cx = (x0 + x1) / 2
         head = (round(cx), round(y0 + 0.1 * fh)), (round(0.75 * fw), round(0.95 * fh))
         cv2.ellipse(seeds, head[0], head[1], 0, 0, 360, cv2.GC_PR_FGD, -1)
-        body = np.array([[x0 + 0.2 * fw, y1 - 0.1 * fh], [x1 - 0.2 * fw, y1 - 0.1 * fh], [x1 + 0.6 * fw, h], [x0 - 0.6 * fw, h]])
+        body = np.array(
+            [
+                [x0 + 0.2 * fw, y1 - 0.1 * fh],
+                [x1 - 0.2 * fw, y1 - 0.1 * fh],
+                [x1 + 0.6 * fw, h],
+                [x0 - 0.6 * fw, h],
+            ]
+        )
         cv2.fillPoly(seeds, [np.round(body).astype(np.int32)], cv2.GC_PR_FGD)
         cv2.fillConvexPoly(seeds, cv2.convexHull(np.round(landmarks).astype(np.int32)), cv2.GC_FGD)
         edge = max(1, round(0.02 * h))
@@ -109,6 +121,8 @@ def make_segmenter(name: str, model_path: str | Path | None = None) -> Segmenter
         return GrabCutSegmenter()
     if name == "pb":
         if model_path is None:
-            raise ValueError("the 'pb' segmentation backend needs --seg_model PATH (seg_model_384.pb)")
+            raise ValueError(
+                "the 'pb' segmentation backend needs --seg_model PATH (seg_model_384.pb)"
+            )
         return FrozenGraphSegmenter(model_path)
     raise ValueError(f"unknown segmentation backend {name!r}; choose from {BACKENDS}")

@@ -8,15 +8,14 @@ nothing is downloaded.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from .io import load_rgb_bytes
-
-SPLITS = ("trainA", "trainB", "testA", "testB")
+from .splits import SPLITS
 
 
 class P2cFaces(tfds.core.GeneratorBasedBuilder):
@@ -24,7 +23,9 @@ class P2cFaces(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, source_dir: str | Path | None = None, splits: Sequence[str] = SPLITS, **kwargs):
+    def __init__(
+        self, *, source_dir: str | Path | None = None, splits: Sequence[str] = SPLITS, **kwargs
+    ):
         self._source_dir = Path(source_dir) if source_dir is not None else None
         self._splits = tuple(splits)
         super().__init__(**kwargs)
@@ -32,7 +33,10 @@ class P2cFaces(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
-                {"image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"), "name": tfds.features.Text()}
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                    "name": tfds.features.Text(),
+                }
             ),
             description="photo2cartoon faces, aligned like the original (PNG)",
         )
@@ -46,7 +50,9 @@ class P2cFaces(tfds.core.GeneratorBasedBuilder):
             yield name, {"image": path.read_bytes(), "name": name}
 
 
-def write_dataset(source_dir: str | Path, data_dir: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, int]:
+def write_dataset(
+    source_dir: str | Path, data_dir: str | Path, splits: Sequence[str] = SPLITS
+) -> dict[str, int]:
     """Write `source_dir/<split>/**.png` as TFRecord shards under `data_dir`; returns examples per split.
 
     A dataset already there is replaced, so the shards always match the folders.
@@ -54,7 +60,9 @@ def write_dataset(source_dir: str | Path, data_dir: str | Path, splits: Sequence
     builder = P2cFaces(source_dir=source_dir, splits=splits, data_dir=str(data_dir))
     if Path(builder.data_dir).exists():
         shutil.rmtree(builder.data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
     return {split: builder.info.splits[split].num_examples for split in splits}
 
 
@@ -70,7 +78,9 @@ def _version_dir(data_dir: Path) -> Path:
 def read_tfrecord_images(data_dir: str | Path, split: str) -> Iterator[tuple[str, np.ndarray]]:
     """(name, RGB uint8 image) of one split, sorted by name, decoded losslessly from the PNG bytes."""
     builder = tfds.builder_from_directory(str(_version_dir(Path(data_dir))))
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     records = sorted((ex["name"].decode(), ex["image"]) for ex in tfds.as_numpy(ds))
     for name, data in records:
         yield name, load_rgb_bytes(data)

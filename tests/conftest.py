@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="p2c-jax-xla-cache-"))
 
-import jax  # noqa: E402  (after the environment it reads)
+import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from flax import nnx
 
-from p2c_jax.convert import spec_from_state_dict, state_from_torch
-from p2c_jax.models import NetSpec, build
+from p2c_jax.nn.models import NetSpec, build
+from p2c_jax.weights.convert import spec_from_state_dict, state_from_torch
 
 
 def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

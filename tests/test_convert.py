@@ -6,23 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference import nchw, perturb
 
 import p2c_jax
-from p2c_jax import torch_port
-from p2c_jax.convert import CheckpointError, load_torch, main
-from p2c_jax.models import NetSpec
-
-from reference import nchw, perturb
+from p2c_jax.nn.models import NetSpec
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.cli.convert import main
+from p2c_jax.weights.convert import CheckpointError, load_torch
 
 
 def _six_nets(ch: int = 4, img_size: int = 32, light: bool = True) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return {"genA2B": perturb(torch_port.ResnetGenerator(ch, img_size, light), 1),
-            "genB2A": perturb(torch_port.ResnetGenerator(ch, img_size, light), 2),
-            "disGA": perturb(torch_port.Discriminator(3, ch, 7), 3),
-            "disGB": perturb(torch_port.Discriminator(3, ch, 7), 4),
-            "disLA": perturb(torch_port.Discriminator(3, ch, 5), 5),
-            "disLB": perturb(torch_port.Discriminator(3, ch, 5), 6)}
+    return {
+        "genA2B": perturb(torch_port.ResnetGenerator(ch, img_size, light), 1),
+        "genB2A": perturb(torch_port.ResnetGenerator(ch, img_size, light), 2),
+        "disGA": perturb(torch_port.Discriminator(3, ch, 7), 3),
+        "disGB": perturb(torch_port.Discriminator(3, ch, 7), 4),
+        "disLA": perturb(torch_port.Discriminator(3, ch, 5), 5),
+        "disLB": perturb(torch_port.Discriminator(3, ch, 5), 6),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,10 @@ def test_round_trip_full_generator_and_mobilefacenet(tmp_path):
     torch.save(face.state_dict(), tmp_path / "model_mobilefacenet.pth")
     for name in ("full.pt", "model_mobilefacenet.pth"):
         assert main(["--src", str(tmp_path / name), "--dst", str(tmp_path / f"{name}.ours")]) == 0
-        assert main(["--src", str(tmp_path / f"{name}.ours"),
-                     "--dst", str(tmp_path / f"back_{name}")]) == 0
+        assert (
+            main(["--src", str(tmp_path / f"{name}.ours"), "--dst", str(tmp_path / f"back_{name}")])
+            == 0
+        )
         _assert_same_file(tmp_path / name, tmp_path / f"back_{name}")
     assert torch.load(tmp_path / "back_model_mobilefacenet.pth")["bn.num_batches_tracked"] == 1234
 
@@ -77,10 +81,13 @@ def test_specs_read_off_the_weights(weights_pt, tmp_path):
     assert weights["genA2B"][0] == NetSpec("generator", 4, img_size=256, light=True)
     assert weights["disGA"][0] == NetSpec("discriminator", 4, n_layers=7)
     assert weights["disLB"][0] == NetSpec("discriminator", 4, n_layers=5)
-    torch.save({"genB2A": torch_port.ResnetGenerator(8, 80, light=False).state_dict()},
-               tmp_path / "full.pt")
-    assert load_torch(tmp_path / "full.pt")["genB2A"][0] == NetSpec("generator", 8, img_size=80,
-                                                                    light=False)
+    torch.save(
+        {"genB2A": torch_port.ResnetGenerator(8, 80, light=False).state_dict()},
+        tmp_path / "full.pt",
+    )
+    assert load_torch(tmp_path / "full.pt")["genB2A"][0] == NetSpec(
+        "generator", 8, img_size=80, light=False
+    )
     torch.save(torch_port.MobileFaceNet(128).state_dict(), tmp_path / "face.pth")
     assert load_torch(tmp_path / "face.pth")["facenet"][0] == NetSpec("mobilefacenet", 128)
 
@@ -107,21 +114,26 @@ def test_every_problem_listed_and_nothing_written(tmp_path, capsys):
     with pytest.raises(CheckpointError) as err:
         load_torch(tmp_path / "bad.pt")
     msg = str(err.value)
-    for part in ("genA2B: missing key gap_fc.bias (expected shape (1,))",
-                 "genA2B: missing key DecodeBlock2.norm1.w_beta (expected shape (1, 16))",
-                 "genA2B: unexpected key extra.weight",
-                 "genA2B: conv1x1.weight has shape (16, 33, 1, 1), expected (16, 32, 1, 1)",
-                 "disLA: model.4.weight_u has shape (7,), expected (8,)"):
+    for part in (
+        "genA2B: missing key gap_fc.bias (expected shape (1,))",
+        "genA2B: missing key DecodeBlock2.norm1.w_beta (expected shape (1, 16))",
+        "genA2B: unexpected key extra.weight",
+        "genA2B: conv1x1.weight has shape (16, 33, 1, 1), expected (16, 32, 1, 1)",
+        "disLA: model.4.weight_u has shape (7,), expected (8,)",
+    ):
         assert part in msg
     assert main(["--src", str(tmp_path / "bad.pt"), "--dst", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
     assert "bad.pt" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"hello, not a checkpoint", "not a PyTorch checkpoint"),
-    (None, "not a PyTorch checkpoint of state_dicts"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"hello, not a checkpoint", "not a PyTorch checkpoint"),
+        (None, "not a PyTorch checkpoint of state_dicts"),
+    ],
+)
 def test_not_a_checkpoint(tmp_path, content, match):
     path = tmp_path / "x.pt"
     if content is None:
@@ -159,8 +171,9 @@ def test_load_generator_from_pt_and_checkpoint(weights_pt, tmp_path):
         image, cam_logit, heatmap = gen(x)
         assert image.shape == (2, 32, 32, 3) and cam_logit.shape == (2, 2)
         assert heatmap.shape == (2, 8, 8, 1)
-        np.testing.assert_allclose(np.asarray(image), want[0].numpy().transpose(0, 2, 3, 1),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(image), want[0].numpy().transpose(0, 2, 3, 1), atol=1e-4
+        )
         gen(x + 0.1)
     assert forward._cache_size() == compiled + 1  # one compilation per spec and shape
     gens[0](x[:1])

@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import perturb
 
-from p2c_jax import load_generator, torch_port
-from p2c_jax.checkpoint import save_nets
-from p2c_jax.convert import load_torch
-from p2c_jax.inference import BatchedGenerator, Preparer, forward, main, run
+from p2c_jax import load_generator
+from p2c_jax.cartoonize import Preparer, run
+from p2c_jax.cli.infer import main
+from p2c_jax.inference import BatchedGenerator, forward
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.weights.checkpoint import save_nets
+from p2c_jax.weights.convert import load_torch
 from preprocessing import geometry
 from preprocessing.pipeline import Preprocessor
-
-from reference import perturb
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH = ["--batch_size", "2"]  # one compiled shape shared by the ngf=8 tests
@@ -56,6 +58,7 @@ def small(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 
 # ------------------------------------------------- the original test.py, independently written
 
+
 def torch_cartoon(model: torch.nn.Module, face: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """256 x 256 uint8 RGB face (+ uint8 mask) -> the original's uint8 RGB cartoon."""
     m = np.ones((256, 256, 1)) if mask is None else mask[:, :, None] / 255.0
@@ -84,6 +87,7 @@ def report(out: Path) -> dict[str, dict]:
 
 
 # ------------------------------------------------- generated faces and stand-in backends
+
 
 def synthetic_photo(h: int, w: int, seed: int) -> np.ndarray:
     """A smooth photo-like image: gradients, a skin-coloured ellipse, some noise."""
@@ -129,14 +133,26 @@ def stub_preparer() -> Preparer:
 
 # ------------------------------------------------- equality with the PyTorch port
 
+
 def test_shared_aligned_photos_real_config(shared_dir, tmp_path):
     """ngf=32 light (the released config), weights as .pt, --no_preprocess, last batch padded."""
     model = make_weights(tmp_path / "w.pt", ngf=32, seed=1)
     photos = sorted((shared_dir / "images").glob("aligned_photo_*.png"))
     assert photos
     out = tmp_path / "out"
-    rc = main([*map(str, photos), "-o", str(out), "--weights", str(tmp_path / "w.pt"),
-               "--no_preprocess", "--batch_size", "2", "--no_progress"])
+    rc = main(
+        [
+            *map(str, photos),
+            "-o",
+            str(out),
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "--no_preprocess",
+            "--batch_size",
+            "2",
+            "--no_progress",
+        ]
+    )
     assert rc == 0
     for p in photos:
         assert_within_one(png(out / p.name), aligned_reference(model, png(p)))
@@ -153,10 +169,10 @@ def test_generated_faces_with_preprocessing(tmp_path, small):
         Image.fromarray(synthetic_photo(h, w, i)).save(f)
         items.append((f, f.name))
     gen = BatchedGenerator(load_generator(path), batch_size=2)
-    compiled = forward._cache_size()
-    summary = run(items, tmp_path / "out", gen, stub_preparer(), workers=2, progress=False)
+    compiled = forward(gen.spec)._cache_size()
+    summary, _ = run(items, tmp_path / "out", gen, stub_preparer(), workers=2, progress=False)
     assert (summary.done, summary.failed, summary.exit_code) == (3, 0, 0)
-    assert forward._cache_size() - compiled <= 1  # 2 + padded 1: one batch shape
+    assert forward(gen.spec)._cache_size() - compiled <= 1  # 2 + padded 1: one batch shape
     for f, _ in items:
         image = png(f)
         alignment = geometry.align(image.shape, face_points(image))
@@ -180,8 +196,20 @@ def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):
     for i in range(3):
         Image.fromarray(synthetic_photo(256, 256, 10 + i)).save(src / f"a{i}.png")
     out = tmp_path / "out"
-    rc = main([str(src / "*.png"), "-o", str(out), "--weights", str(ckpt), "--no_preprocess",
-               "--side_by_side", "--compare_torch", "--no_progress", *BATCH])
+    rc = main(
+        [
+            str(src / "*.png"),
+            "-o",
+            str(out),
+            "--weights",
+            str(ckpt),
+            "--no_preprocess",
+            "--side_by_side",
+            "--compare_torch",
+            "--no_progress",
+            *BATCH,
+        ]
+    )
     assert rc == 0
     err = capsys.readouterr().err
     assert "3 inputs: 3 done, 0 failed; vs torch: max |diff| " in err
@@ -197,6 +225,7 @@ def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):
 
 
 # ------------------------------------------------- bad inputs and exit codes
+
 
 def test_mixed_folder(tmp_path, small, capsys):
     """Good photos (nested too), a corrupt file, a text file, a grayscale and an RGBA image."""
@@ -219,8 +248,14 @@ def test_mixed_folder(tmp_path, small, capsys):
     assert rc == 1
     rep = report(out)
     assert {n: r["status"] for n, r in rep.items()} == {
-        "corrupt.png": "failed", "good.png": "done", "gray.png": "done", "notes.txt": "failed",
-        "rgba.png": "done", "sub/big.jpg": "done", "tiny.png": "failed"}
+        "corrupt.png": "failed",
+        "good.png": "done",
+        "gray.png": "done",
+        "notes.txt": "failed",
+        "rgba.png": "done",
+        "sub/big.jpg": "done",
+        "tiny.png": "failed",
+    }
     assert rep["notes.txt"]["reason"] == "not an image"
     assert rep["corrupt.png"]["reason"].startswith("corrupt image")
     assert rep["tiny.png"]["reason"] == "image too small (8x8)"
@@ -234,7 +269,13 @@ def test_mixed_folder(tmp_path, small, capsys):
     for name, image in expected_inputs.items():
         assert_within_one(png(out / name), aligned_reference(model, image))
     assert sorted(p.name for p in out.rglob("*")) == [
-        "big.png", "good.png", "gray.png", "report.jsonl", "rgba.png", "sub"]  # no temp files
+        "big.png",
+        "good.png",
+        "gray.png",
+        "report.jsonl",
+        "rgba.png",
+        "sub",
+    ]  # no temp files
     err = capsys.readouterr().err
     assert "7 inputs: 4 done, 3 failed [" in err and "not an image: 1" in err
 
@@ -247,12 +288,15 @@ def test_faceless_photos(tmp_path, small):
     Image.new("RGB", (300, 300), (5, 5, 5)).save(src / "dark.png")
     items = [(src / "dark.png", "dark.png"), (src / "face.png", "face.png")]
     gen = BatchedGenerator(load_generator(path), batch_size=2)
-    summary = run(items, tmp_path / "out", gen, stub_preparer(), progress=False)
+    summary, _ = run(items, tmp_path / "out", gen, stub_preparer(), progress=False)
     assert (summary.done, summary.failed, summary.exit_code) == (1, 1, 1)
     assert report(tmp_path / "out")["dark.png"] == {
-        "name": "dark.png", "input": str(src / "dark.png"), "status": "failed",
-        "reason": "no face found"}
-    none = run(items[:1], tmp_path / "none", gen, stub_preparer(), progress=False)
+        "name": "dark.png",
+        "input": str(src / "dark.png"),
+        "status": "failed",
+        "reason": "no face found",
+    }
+    none, _ = run(items[:1], tmp_path / "none", gen, stub_preparer(), progress=False)
     assert (none.done, none.exit_code) == (0, 2)
     assert not list((tmp_path / "none").glob("*.png"))
 
@@ -277,8 +321,17 @@ def unusable_weights(tmp: Path, kind: str) -> Path:
 def test_unusable_weights_exit_2(tmp_path, capsys, kind):
     Image.fromarray(synthetic_photo(256, 256, 0)).save(tmp_path / "a.png")
     weights = unusable_weights(tmp_path, kind)
-    rc = main([str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
-               "--no_preprocess", "--no_progress"])
+    rc = main(
+        [
+            str(tmp_path / "a.png"),
+            "-o",
+            str(tmp_path / "out"),
+            "--weights",
+            str(weights),
+            "--no_preprocess",
+            "--no_progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unusable weights: ") and str(weights) in err
@@ -294,8 +347,10 @@ def test_nothing_to_do_exit_2(tmp_path, small, capsys):
     assert "1 inputs: 0 done, 1 failed [file not found: 1]" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("dlib", "skimage")),
-                    reason="needs the preprocess extra (dlib) and scikit-image")
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("dlib", "skimage")),
+    reason="needs the preprocess extra (dlib) and scikit-image",
+)
 def test_dlib_and_grabcut_end_to_end(tmp_path, small):
     """The default offline backends on a real face, and a photo without one."""
     from skimage import data
@@ -306,8 +361,19 @@ def test_dlib_and_grabcut_end_to_end(tmp_path, small):
     Image.fromarray(data.astronaut()).save(src / "astronaut.jpg", quality=95)
     Image.fromarray(data.coffee()).save(src / "coffee.png")
     out = tmp_path / "out"
-    rc = main([str(src), "-o", str(out), "--weights", str(path), "--workers", "1",
-               "--no_progress", *BATCH])
+    rc = main(
+        [
+            str(src),
+            "-o",
+            str(out),
+            "--weights",
+            str(path),
+            "--workers",
+            "1",
+            "--no_progress",
+            *BATCH,
+        ]
+    )
     assert rc == 1
     rep = report(out)
     assert rep["astronaut.jpg"]["status"] == "done"
@@ -318,25 +384,45 @@ def test_dlib_and_grabcut_end_to_end(tmp_path, small):
 
 # ------------------------------------------------- sharding over devices
 
+
 def test_two_devices_give_identical_pngs(tmp_path, small):
     path, _ = small
     src = tmp_path / "in"
     src.mkdir()
     for i in range(5):
         Image.fromarray(synthetic_photo(256, 256, 20 + i)).save(src / f"f{i}.png")
-    args = [str(src), "--weights", str(path), "--no_preprocess", "--no_progress",
-            "--batch_size", "3"]
+    args = [
+        str(src),
+        "--weights",
+        str(path),
+        "--no_preprocess",
+        "--no_progress",
+        "--batch_size",
+        "3",
+    ]
     assert main([*args, "-o", str(tmp_path / "one")]) == 0
-    code = ("import sys, jax; assert len(jax.local_devices()) == 2, jax.local_devices(); "
-            "from p2c_jax.inference import main; sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / "two")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, jax; assert len(jax.local_devices()) == 2, jax.local_devices(); "
+        "from p2c_jax.cli.infer import main; sys.exit(main(sys.argv[1:]))"
+    )
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "-o", str(tmp_path / "two")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     for i in range(5):
-        np.testing.assert_array_equal(png(tmp_path / "two" / f"f{i}.png"),
-                                      png(tmp_path / "one" / f"f{i}.png"))
+        np.testing.assert_array_equal(
+            png(tmp_path / "two" / f"f{i}.png"), png(tmp_path / "one" / f"f{i}.png")
+        )
 
 
 def test_later_commands_reuse_the_compiled_generator(tmp_path, small):
@@ -345,18 +431,33 @@ def test_later_commands_reuse_the_compiled_generator(tmp_path, small):
     src.mkdir()
     Image.fromarray(synthetic_photo(256, 256, 3)).save(src / "a.png")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(XDG_CACHE_HOME=str(tmp_path / "home_cache"), JAX_PLATFORMS="cpu",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # the small net compiles fast
-    code = ("import sys, jax; hits = []; jax.monitoring.register_event_listener("
-            "lambda event, **_: hits.append(event == '/jax/compilation_cache/cache_hits')); "
-            "from p2c_jax.inference import main; rc = main(sys.argv[1:]); "
-            "print('cache hits', sum(hits)); sys.exit(rc)")
+    env.update(
+        XDG_CACHE_HOME=str(tmp_path / "home_cache"),
+        JAX_PLATFORMS="cpu",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )  # the small net compiles fast
+    code = (
+        "import sys, jax; hits = []; jax.monitoring.register_event_listener("
+        "lambda event, **_: hits.append(event == '/jax/compilation_cache/cache_hits')); "
+        "from p2c_jax.cli.infer import main; rc = main(sys.argv[1:]); "
+        "print('cache hits', sum(hits)); sys.exit(rc)"
+    )
     args = [str(src), "--weights", str(path), "--no_preprocess", "--no_progress"]
-    runs = [subprocess.run([sys.executable, "-c", code, *args, "-o", str(tmp_path / f"out{i}")],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-            for i in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, *args, "-o", str(tmp_path / f"out{i}")],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for i in range(2)
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
     assert any((tmp_path / "home_cache" / "p2c-jax" / "xla").iterdir())  # the default folder
     hits = [int(r.stdout.split("cache hits")[-1]) for r in runs]
     assert hits[0] == 0 and hits[1] > 0, hits
-    np.testing.assert_array_equal(png(tmp_path / "out1" / "a.png"), png(tmp_path / "out0" / "a.png"))
+    np.testing.assert_array_equal(
+        png(tmp_path / "out1" / "a.png"), png(tmp_path / "out0" / "a.png")
+    )

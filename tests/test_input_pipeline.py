@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from p2c_jax import input_pipeline as ip
-from p2c_jax.demo_data import build_demo
+from p2c_jax.data import input_pipeline as ip
+from p2c_jax.data.demo import build_demo
 
 SIZE = 32
 
@@ -24,7 +24,9 @@ def demo(tmp_path_factory) -> Path:
 
 
 def _files(dataset: Path, split: str) -> list[Path]:
-    return sorted((dataset / split).glob("*.png"))  # the demo is flat, so sorted() is the original's order
+    return sorted(
+        (dataset / split).glob("*.png")
+    )  # the demo is flat, so sorted() is the original's order
 
 
 def _pil_rgb(path: Path) -> Image.Image:
@@ -74,7 +76,10 @@ def test_augmented_batches_match_a_pil_reimplementation(demo):
     batches = _take(ip.train_batches(demo, "B", 4, SIZE, True, seed=3, start_step=10), 3)
     for step, batch in enumerate(batches, start=10):
         idx = ip.batch_file_indices(3, "B", step, 4, len(files))
-        want = [_reference_example(files[i], ip.augment_params(3, "B", step, k)) for k, i in enumerate(idx)]
+        want = [
+            _reference_example(files[i], ip.augment_params(3, "B", step, k))
+            for k, i in enumerate(idx)
+        ]
         np.testing.assert_allclose(batch, np.stack(want), atol=1e-6)
 
 
@@ -84,14 +89,22 @@ def test_augment_draws_cover_flips_and_all_crop_offsets():
     assert 0.44 < flips < 0.56
     assert {d.top for d in draws} == set(range(31)) == {d.left for d in draws}
     assert ip.augment_params(0, "A", 5, 1) == ip.augment_params(0, "A", 5, 1)
-    assert len({ip.augment_params(0, dom, 5, 1) for dom in "AB"} | {ip.augment_params(1, "A", 5, 1)}) > 1
+    assert (
+        len({ip.augment_params(0, dom, 5, 1) for dom in "AB"} | {ip.augment_params(1, "A", 5, 1)})
+        > 1
+    )
 
 
 @pytest.mark.parametrize("augment", [False, True])
 def test_process_slices_concatenate_to_the_global_batch_and_resume(demo, augment):
     whole = _take(ip.train_batches(demo, "A", 6, SIZE, augment, seed=1), 4)
-    parts = [_take(ip.train_batches(demo, "A", 6, SIZE, augment, seed=1, process_index=p, process_count=3), 4)
-             for p in range(3)]
+    parts = [
+        _take(
+            ip.train_batches(demo, "A", 6, SIZE, augment, seed=1, process_index=p, process_count=3),
+            4,
+        )
+        for p in range(3)
+    ]
     for t in range(4):
         assert parts[0][t].shape == (2, SIZE, SIZE, 3)
         np.testing.assert_array_equal(np.concatenate([p[t] for p in parts]), whole[t])
@@ -108,7 +121,9 @@ def test_epochs_are_fresh_permutations_and_domains_differ():
     assert len({tuple(e) for e in epochs}) == 4
     a, b = (np.concatenate([ip.epoch_permutation(5, d, e, 50) for e in range(2)]) for d in "AB")
     assert not np.array_equal(a, b)
-    assert not np.array_equal(ip.epoch_permutation(5, "A", 0, 50), ip.epoch_permutation(6, "A", 0, 50))
+    assert not np.array_equal(
+        ip.epoch_permutation(5, "A", 0, 50), ip.epoch_permutation(6, "A", 0, 50)
+    )
 
 
 def test_test_images_are_the_first_sorted_files_resized(demo):
@@ -123,7 +138,9 @@ def test_dataset_errors_name_the_flag_and_the_folders(tmp_path, demo):
         ip.resolve_dataset("nothing", tmp_path)
     shutil.copytree(demo / "trainA", tmp_path / "partial" / "trainA")
     (tmp_path / "partial" / "testA").mkdir()
-    with pytest.raises(ip.DatasetError, match=r"--dataset partial: .* lacks images in trainB, testA, testB"):
+    with pytest.raises(
+        ip.DatasetError, match=r"--dataset partial: .* lacks images in trainB, testA, testB"
+    ):
         ip.resolve_dataset("partial", tmp_path)
     assert ip.resolve_dataset(str(demo)) == demo  # a path, not a name under root
     assert ip.resolve_dataset("demo", demo.parent) == demo  # built once, then reused
@@ -137,7 +154,10 @@ def test_close_stops_the_workers(demo):
     it.close()
     assert next(it, None) is None
     deadline = time.monotonic() + 10
-    while any(t.name.startswith("p2c-input") for t in threading.enumerate()) and time.monotonic() < deadline:
+    while (
+        any(t.name.startswith("p2c-input") for t in threading.enumerate())
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert not any(t.name.startswith("p2c-input") for t in threading.enumerate())
 
@@ -157,7 +177,9 @@ def test_tfrecords_give_the_same_batches(demo, tmp_path):
         want = _take(ip.train_batches(src, domain, 4, SIZE, True, seed=2), 3)
         got = _take(ip.train_batches(records, domain, 4, SIZE, True, seed=2), 3)
         np.testing.assert_array_equal(np.stack(got), np.stack(want))
-        np.testing.assert_array_equal(ip.test_images(records, domain, SIZE, 4), ip.test_images(src, domain, SIZE, 4))
+        np.testing.assert_array_equal(
+            ip.test_images(records, domain, SIZE, 4), ip.test_images(src, domain, SIZE, 4)
+        )
 
 
 def _high_frequency_ratio(rgb: np.ndarray) -> float:
@@ -169,18 +191,31 @@ def _high_frequency_ratio(rgb: np.ndarray) -> float:
 def test_demo_is_deterministic_real_photos_and_cartoons(demo, tmp_path):
     counts = {split: len(_files(demo, split)) for split in ip.SPLITS}
     assert counts == {"trainA": 48, "trainB": 48, "testA": 8, "testB": 8}
-    images = {split: [np.asarray(Image.open(f)) for f in _files(demo, split)] for split in ip.SPLITS}
-    assert all(img.shape == (96, 96, 3) and img.dtype == np.uint8 for imgs in images.values() for img in imgs)
+    images = {
+        split: [np.asarray(Image.open(f)) for f in _files(demo, split)] for split in ip.SPLITS
+    }
+    assert all(
+        img.shape == (96, 96, 3) and img.dtype == np.uint8
+        for imgs in images.values()
+        for img in imgs
+    )
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     assert _high_frequency_ratio(noise) > 15
     assert max(_high_frequency_ratio(img) for imgs in images.values() for img in imgs) < 5
-    colours = {split: [len(np.unique(img.reshape(-1, 3), axis=0)) for img in imgs] for split, imgs in images.items()}
+    colours = {
+        split: [len(np.unique(img.reshape(-1, 3), axis=0)) for img in imgs]
+        for split, imgs in images.items()
+    }
     assert np.median(colours["trainA"]) > 1000  # photos
-    assert max(colours["trainB"] + colours["testB"]) <= 16  # cartoons: 8-colour palette and dark outlines
+    assert (
+        max(colours["trainB"] + colours["testB"]) <= 16
+    )  # cartoons: 8-colour palette and dark outlines
 
     small_a, small_b = build_demo(tmp_path / "a", 3, 2, 40), build_demo(tmp_path / "b", 3, 2, 40)
     for split in ip.SPLITS:
         fa, fb = _files(small_a, split), _files(small_b, split)
-        assert [f.name for f in fa] == [f.name for f in fb] and len(fa) == (3 if split.startswith("train") else 2)
+        assert [f.name for f in fa] == [f.name for f in fb] and len(fa) == (
+            3 if split.startswith("train") else 2
+        )
         for x, y in zip(fa, fb):
             np.testing.assert_array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y)))

@@ -9,16 +9,26 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from p2c_jax.layers import (
-    Conv2d, SNConv2d, conv2d, reflection_pad, upsample2x, upsample_pad_conv3x3,
+from p2c_jax.nn.layers import (
+    Conv2d,
+    SNConv2d,
+    conv2d,
+    reflection_pad,
+    upsample2x,
+    upsample_pad_conv3x3,
 )
 
 
 def _plain_conv(x, k, stride=1, padding=0, groups=1):
     """XLA's own convolution, the reference every rewritten form is held to."""
-    return jax.lax.conv_general_dilated(x, k, (stride, stride), [(padding, padding)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=groups)
+    return jax.lax.conv_general_dilated(
+        x,
+        k,
+        (stride, stride),
+        [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 24), (1, 8, 8, 3)])
@@ -32,16 +42,24 @@ def test_upsample_pad_conv3x3(shape):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,cin,cout,stride,padding,groups,tol", [
-    (3, 32, 5, 1, 1, 1, 1e-11), (3, 24, 5, 1, 0, 1, 1e-11),  # 16-channel slices (one partial)
-    (7, 3, 8, 1, 3, 1, 1e-11), (7, 3, 4, 1, 0, 1, 1e-11),    # over 2 x 2 pixel blocks
-    (5, 2, 6, 1, 0, 1, 1e-11), (4, 3, 3, 1, 1, 1, 1e-11),    # (odd sizes cropped)
-    (1, 5, 7, 1, 0, 1, 1e-11),                               # a matrix product
-    (3, 6, 6, 1, 1, 6, 1e-12), (3, 6, 6, 2, 1, 6, 1e-12),    # depthwise multiply-adds
-    (7, 6, 6, 1, 0, 6, 1e-12),
-    (3, 48, 5, 2, 1, 1, 1e-11), (3, 48, 5, 1, 0, 1, 1e-11),  # XLA's own
-    (7, 8, 3, 1, 3, 1, 1e-11),
-])
+@pytest.mark.parametrize(
+    "kernel,cin,cout,stride,padding,groups,tol",
+    [
+        (3, 32, 5, 1, 1, 1, 1e-11),
+        (3, 24, 5, 1, 0, 1, 1e-11),  # 16-channel slices (one partial)
+        (7, 3, 8, 1, 3, 1, 1e-11),
+        (7, 3, 4, 1, 0, 1, 1e-11),  # over 2 x 2 pixel blocks
+        (5, 2, 6, 1, 0, 1, 1e-11),
+        (4, 3, 3, 1, 1, 1, 1e-11),  # (odd sizes cropped)
+        (1, 5, 7, 1, 0, 1, 1e-11),  # a matrix product
+        (3, 6, 6, 1, 1, 6, 1e-12),
+        (3, 6, 6, 2, 1, 6, 1e-12),  # depthwise multiply-adds
+        (7, 6, 6, 1, 0, 6, 1e-12),
+        (3, 48, 5, 2, 1, 1, 1e-11),
+        (3, 48, 5, 1, 0, 1, 1e-11),  # XLA's own
+        (7, 8, 3, 1, 3, 1, 1e-11),
+    ],
+)
 def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, groups, tol):
     """Output and both gradients of each form ``conv2d`` picks, against XLA's convolution."""
     rng = np.random.default_rng(1)
@@ -52,8 +70,9 @@ def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, gr
     ct = rng.standard_normal((2, *out, cout))
     with jax.enable_x64(True):
         ours = jax.vjp(jax.jit(lambda x, k, b: conv2d(x, k, b, stride, padding, groups)), x, k, b)
-        want = jax.vjp(jax.jit(lambda x, k, b: _plain_conv(x, k, stride, padding, groups) + b),
-                       x, k, b)
+        want = jax.vjp(
+            jax.jit(lambda x, k, b: _plain_conv(x, k, stride, padding, groups) + b), x, k, b
+        )
         for got, exp in zip((ours[0], *ours[1](ct)), (want[0], *want[1](ct)), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=tol, rtol=tol)
 
@@ -71,4 +90,6 @@ def test_initialisation_is_torchs_default():
     sn = SNConv2d(8, 16, 4, rngs=nnx.Rngs(2))
     for v in (sn.weight_u[...], sn.weight_v[...]):
         assert np.linalg.norm(v) == pytest.approx(1, rel=1e-6)
-    assert sn.weight_v[...].shape == (8 * 16,) and np.abs(sn.bias[...]).max() <= 1 / math.sqrt(8 * 16)
+    assert sn.weight_v[...].shape == (8 * 16,) and np.abs(sn.bias[...]).max() <= 1 / math.sqrt(
+        8 * 16
+    )

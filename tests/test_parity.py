@@ -7,18 +7,21 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-
-from p2c_jax import torch_port
-from p2c_jax.convert import state_to_torch
-
 from reference import nchw, nhwc, perturb, to_flax
+
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.weights.convert import state_to_torch
 
 
 def _generator_parity(ngf: int, img_size: int, light: bool, batch: int, seed: int):
     torch.manual_seed(seed)
     ref = perturb(torch_port.ResnetGenerator(ngf, img_size, light), seed)
     _, gen = to_flax(ref)
-    x = np.random.default_rng(seed).uniform(-1, 1, (batch, img_size, img_size, 3)).astype(np.float32)
+    x = (
+        np.random.default_rng(seed)
+        .uniform(-1, 1, (batch, img_size, img_size, 3))
+        .astype(np.float32)
+    )
     with torch.no_grad():
         want = ref(nchw(x))
     got = nnx.jit(lambda m, x: m(x))(gen, x)

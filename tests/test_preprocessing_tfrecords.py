@@ -11,8 +11,8 @@ from PIL import Image
 
 pytest.importorskip("tensorflow_datasets")
 
-from preprocessing.io import load_rgb  # noqa: E402
-from preprocessing.tfrecords import read_tfrecord_images, write_dataset  # noqa: E402
+from preprocessing.io import load_rgb
+from preprocessing.tfrecords import read_tfrecord_images, write_dataset
 
 
 def folder_images(folder):
@@ -28,7 +28,9 @@ def test_round_trip_is_exact(tmp_path):
         (src / split / "sub").mkdir(parents=True)
         for i, (h, w) in enumerate(shapes):
             name = f"sub/{i:03d}.png" if i == 2 else f"img_{9 - i}.png"
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / split / name)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                src / split / name
+            )
         (src / split / "report.jsonl").write_text("{}\n")  # not an image: not in the dataset
     counts = write_dataset(src, tmp_path / "tfrecords", ["trainA", "trainB"])
     assert counts == {"trainA": 3, "trainB": 2}
@@ -38,7 +40,11 @@ def test_round_trip_is_exact(tmp_path):
         assert [n for n, _ in got] == [n for n, _ in want]
         for (_, a), (_, b) in zip(got, want):
             assert a.dtype == np.uint8 and a.shape == b.shape and np.array_equal(a, b)
-    assert [n for n, _ in read_tfrecord_images(tmp_path / "tfrecords", "trainA")] == ["img_8.png", "img_9.png", "sub/002.png"]
+    assert [n for n, _ in read_tfrecord_images(tmp_path / "tfrecords", "trainA")] == [
+        "img_8.png",
+        "img_9.png",
+        "sub/002.png",
+    ]
 
 
 def test_rewrite_replaces_the_old_dataset(tmp_path):
@@ -52,8 +58,10 @@ def test_rewrite_replaces_the_old_dataset(tmp_path):
     assert tuple(a[0, 0]) == (1, 2, 3) and tuple(b[0, 0]) == (4, 5, 6)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dlib") is None or importlib.util.find_spec("skimage") is None,
-                    reason="needs dlib-bin and scikit-image")
+@pytest.mark.skipif(
+    importlib.util.find_spec("dlib") is None or importlib.util.find_spec("skimage") is None,
+    reason="needs dlib-bin and scikit-image",
+)
 def test_cli_dataset_mode(tmp_path, capsys):
     from skimage import data
 
@@ -69,14 +77,22 @@ def test_cli_dataset_mode(tmp_path, capsys):
     Image.fromarray(rgba, "RGBA").save(src / "trainB" / "cartoon.png")
     Image.new("RGB", (48, 48), (9, 9, 9)).save(src / "testB" / "c2.jpg")
     out = tmp_path / "out"
-    assert main(["--data_path", str(src), "--save_path", str(out), "--tfrecords", "--no_progress"]) == 1
+    assert (
+        main(["--data_path", str(src), "--save_path", str(out), "--tfrecords", "--no_progress"])
+        == 1
+    )
     err = capsys.readouterr().err
-    assert "trainA: 2 inputs: 1 done (0 already), 1 failed [not an image: 1]" in err
+    assert "trainA: 2 inputs: 1 done, 1 failed [not an image: 1]" in err
     assert "tfrecords: trainA: 1, trainB: 1, testB: 1" in err
-    (name, photo), = read_tfrecord_images(out / "tfrecords", "trainA")
+    ((name, photo),) = read_tfrecord_images(out / "tfrecords", "trainA")
     assert name == "astro.png" and np.array_equal(photo, load_rgb(out / "trainA" / "astro.png"))
-    (name, cartoon), = read_tfrecord_images(out / "tfrecords", "trainB")
+    ((name, cartoon),) = read_tfrecord_images(out / "tfrecords", "trainB")
     # stored as it is, the transparent half on white
     assert name == "cartoon.png" and (cartoon[:32] == 7).all() and (cartoon[32:] == 255).all()
-    report = [json.loads(line) for line in (out / "trainA" / "report.jsonl").read_text().splitlines()]
-    assert [(r["name"], r["status"]) for r in report] == [("astro.jpg", "done"), ("bad.jpg", "failed")]
+    report = [
+        json.loads(line) for line in (out / "trainA" / "report.jsonl").read_text().splitlines()
+    ]
+    assert [(r["name"], r["status"]) for r in report] == [
+        ("astro.jpg", "done"),
+        ("bad.jpg", "failed"),
+    ]

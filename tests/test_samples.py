@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from p2c_jax import samples
-from p2c_jax.summary import SummaryWriter
+from p2c_jax.train import samples
+from p2c_jax.train.summary import SummaryWriter
 
 S = 16
 
@@ -25,13 +25,16 @@ def _column_inputs(rng: np.random.Generator) -> list[np.ndarray]:
 
 def _original_column_bgr(real, h_aa, aa, h_ab, ab, h_aba, aba) -> np.ndarray:
     """The original's recipe: BGR images (x * 0.5 + 0.5) and cam() heatmaps, stacked vertically."""
+
     def cam(x):
         x = x - np.min(x)
         u8 = np.uint8(255 * (x / np.max(x)))
         return cv2.applyColorMap(cv2.resize(u8, (S, S)), cv2.COLORMAP_JET) / 255.0
 
     bgr = lambda x: cv2.cvtColor(x * 0.5 + 0.5, cv2.COLOR_RGB2BGR)  # noqa: E731
-    return np.concatenate([bgr(real), cam(h_aa), bgr(aa), cam(h_ab), bgr(ab), cam(h_aba), bgr(aba)], 0)
+    return np.concatenate(
+        [bgr(real), cam(h_aa), bgr(aa), cam(h_ab), bgr(ab), cam(h_aba), bgr(aba)], 0
+    )
 
 
 def test_grid_matches_the_original_file(tmp_path):
@@ -55,8 +58,8 @@ def test_known_pixels():
     col = samples.sample_grid([samples.sample_column(real, flat, real, peak, real, flat, real)])
     assert col.shape == (7 * S, S, 3)
     for row in (0, 2, 4, 6):
-        assert (col[row * S:(row + 1) * S] == 153).all()
-    np.testing.assert_array_equal(col[S:2 * S].reshape(-1, 3), np.tile([0, 0, 128], (S * S, 1)))
+        assert (col[row * S : (row + 1) * S] == 153).all()
+    np.testing.assert_array_equal(col[S : 2 * S].reshape(-1, 3), np.tile([0, 0, 128], (S * S, 1)))
     np.testing.assert_array_equal(col[3 * S, 0], [128, 0, 0])
     np.testing.assert_array_equal(col[4 * S - 1, S - 1], [0, 0, 128])
 
@@ -87,11 +90,13 @@ def _read_events(path: Path) -> list:
 
     data, events, i = path.read_bytes(), [], 0
     while i < len(data):
-        header = data[i:i + 8]
+        header = data[i : i + 8]
         (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[i + 8:i + 12])[0] == _masked(_crc32c(header))
-        body = data[i + 12:i + 12 + length]
-        assert struct.unpack("<I", data[i + 12 + length:i + 16 + length])[0] == _masked(_crc32c(body))
+        assert struct.unpack("<I", data[i + 8 : i + 12])[0] == _masked(_crc32c(header))
+        body = data[i + 12 : i + 12 + length]
+        assert struct.unpack("<I", data[i + 12 + length : i + 16 + length])[0] == _masked(
+            _crc32c(body)
+        )
         events.append(Event.FromString(body))
         i += 16 + length
     return events

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from p2c_jax import torch_file, torch_port
-from p2c_jax.convert import load_torch
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.weights import torch_file
+from p2c_jax.weights.convert import load_torch
 
 FORMATS = pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 
@@ -49,12 +50,19 @@ def test_reads_what_torch_wrote(tmp_path, legacy):
     base = torch.randn(5, 6)
     obj = {
         "facenet": torch_port.MobileFaceNet(16).state_dict(),  # BatchNorm's int64 counters too
-        "views": OrderedDict(rows=base[1:4], strided=base[:, ::2], transposed=base.t(),
-                             whole=base),  # four tensors over one storage
-        "dtypes": [torch.randn(3).double(), torch.randn(3).half(), torch.randn(3).bfloat16(),
-                   torch.tensor([True, False]), torch.arange(4, dtype=torch.int8),
-                   torch.arange(4, dtype=torch.uint8), torch.arange(4, dtype=torch.int32),
-                   torch.arange(4, dtype=torch.int16)],
+        "views": OrderedDict(
+            rows=base[1:4], strided=base[:, ::2], transposed=base.t(), whole=base
+        ),  # four tensors over one storage
+        "dtypes": [
+            torch.randn(3).double(),
+            torch.randn(3).half(),
+            torch.randn(3).bfloat16(),
+            torch.tensor([True, False]),
+            torch.arange(4, dtype=torch.int8),
+            torch.arange(4, dtype=torch.uint8),
+            torch.arange(4, dtype=torch.int32),
+            torch.arange(4, dtype=torch.int16),
+        ],
         "scalars": (torch.tensor(7), torch.tensor(2.5), torch.zeros(0, 3)),
         "param": torch.nn.Parameter(torch.randn(2, 2)),
     }
@@ -72,6 +80,7 @@ class _Payload:
 
     def __reduce__(self):
         import os
+
         return os.makedirs, (self.target,)
 
 
@@ -79,7 +88,9 @@ class _Payload:
 def test_refuses_code(tmp_path, legacy):
     target = tmp_path / "created"
     path = _save({"w": torch.zeros(2), "x": _Payload(target)}, tmp_path / "x.pt", legacy)
-    with pytest.raises(torch_file.TorchFileError, match=r"refused to unpickle (posix|os)\.makedirs"):
+    with pytest.raises(
+        torch_file.TorchFileError, match=r"refused to unpickle (posix|os)\.makedirs"
+    ):
         torch_file.read(path)
     assert not target.exists()
 
@@ -87,8 +98,9 @@ def test_refuses_code(tmp_path, legacy):
 @FORMATS
 def test_truncated_and_foreign_files(tmp_path, legacy):
     whole = _save({"w": torch.randn(100)}, tmp_path / "whole.pt", legacy).read_bytes()
-    for i, content in enumerate([whole[: len(whole) - 200], whole[:40], b"not a checkpoint",
-                                 b"PK\x03\x04 looks like a zip"]):
+    for i, content in enumerate(
+        [whole[: len(whole) - 200], whole[:40], b"not a checkpoint", b"PK\x03\x04 looks like a zip"]
+    ):
         path = tmp_path / f"bad{i}.pt"
         path.write_bytes(content)
         with pytest.raises(torch_file.TorchFileError):
@@ -114,10 +126,12 @@ def test_legacy_and_zip_load_the_same_weights(tmp_path):
 def test_loading_original_weights_imports_no_torch(tmp_path):
     path = tmp_path / "photo2cartoon_weights.pt"
     torch.save({"genA2B": torch_port.ResnetGenerator(4, 32, light=True).state_dict()}, path)
-    code = ("import sys, numpy as np, p2c_jax\n"
-            f"gen = p2c_jax.load_generator({str(path)!r})\n"
-            "image = gen(np.zeros((1, 32, 32, 3), np.float32))[0]\n"
-            "assert image.shape == (1, 32, 32, 3)\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    code = (
+        "import sys, numpy as np, p2c_jax\n"
+        f"gen = p2c_jax.load_generator({str(path)!r})\n"
+        "image = gen(np.zeros((1, 32, 32, 3), np.float32))[0]\n"
+        "assert image.shape == (1, 32, 32, 3)\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from p2c_jax import torch_port
+from p2c_jax.pytorch import nets as torch_port
 
 
 def _read_layout(path, net: str | None = None) -> list[tuple[str, tuple, str]]:
@@ -24,18 +24,23 @@ def _read_layout(path, net: str | None = None) -> list[tuple[str, tuple, str]]:
 
 
 def _layout_of(model: torch.nn.Module) -> list[tuple[str, tuple, str]]:
-    return [(k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in model.state_dict().items()]
+    return [
+        (k, tuple(v.shape), str(v.dtype).removeprefix("torch."))
+        for k, v in model.state_dict().items()
+    ]
 
 
-@pytest.mark.parametrize("net,make", [
-    ("genA2B", lambda: torch_port.ResnetGenerator(32, 256, light=True)),
-    ("genB2A", lambda: torch_port.ResnetGenerator(32, 256, light=True)),
-    ("disGA", lambda: torch_port.Discriminator(3, 32, 7)),
-    ("disGB", lambda: torch_port.Discriminator(3, 32, 7)),
-    ("disLA", lambda: torch_port.Discriminator(3, 32, 5)),
-    ("disLB", lambda: torch_port.Discriminator(3, 32, 5)),
-])
+@pytest.mark.parametrize(
+    "net,make",
+    [
+        ("genA2B", lambda: torch_port.ResnetGenerator(32, 256, light=True)),
+        ("genB2A", lambda: torch_port.ResnetGenerator(32, 256, light=True)),
+        ("disGA", lambda: torch_port.Discriminator(3, 32, 7)),
+        ("disGB", lambda: torch_port.Discriminator(3, 32, 7)),
+        ("disLA", lambda: torch_port.Discriminator(3, 32, 5)),
+        ("disLB", lambda: torch_port.Discriminator(3, 32, 5)),
+    ],
+)
 def test_photo2cartoon_weights_layout(shared_dir, net, make):
     want = _read_layout(shared_dir / "reference" / "photo2cartoon_weights.layout.tsv", net)
     assert len(want) > 20

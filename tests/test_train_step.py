@@ -12,11 +12,12 @@ import pytest
 import torch
 import train_worker
 from reference import nchw, perturb
+from torch_trainer import TorchTrainer
 
-from p2c_jax import face_id, torch_port
-from p2c_jax import train_step as ts
-from p2c_jax.models import NetSpec
-from p2c_jax.torch_trainer import TorchTrainer
+from p2c_jax.nn.models import NetSpec
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.train import face_id
+from p2c_jax.train import step as ts
 
 SIZE, CH = 32, 4
 
@@ -25,11 +26,14 @@ def small_specs(ch: int = CH, size: int = SIZE) -> dict[str, NetSpec]:
     """The six nets at test size (discriminators shallower than the original's 7 / 5 layers
     so that 32 x 32 images fit)."""
     gen = NetSpec("generator", ch, img_size=size, light=True)
-    return {"genA2B": gen, "genB2A": gen,
-            "disGA": NetSpec("discriminator", ch, n_layers=5),
-            "disGB": NetSpec("discriminator", ch, n_layers=5),
-            "disLA": NetSpec("discriminator", ch, n_layers=3),
-            "disLB": NetSpec("discriminator", ch, n_layers=3)}
+    return {
+        "genA2B": gen,
+        "genB2A": gen,
+        "disGA": NetSpec("discriminator", ch, n_layers=5),
+        "disGB": NetSpec("discriminator", ch, n_layers=5),
+        "disLA": NetSpec("discriminator", ch, n_layers=3),
+        "disLB": NetSpec("discriminator", ch, n_layers=3),
+    }
 
 
 @pytest.mark.parametrize("size", [32, 64, 256])
@@ -45,7 +49,9 @@ def test_learning_rate_schedule():
     lrs = [float(ts.learning_rate(hp, s)) for s in range(1, 11)]
     np.testing.assert_allclose(lrs[:5], 1e-4, rtol=1e-6)
     np.testing.assert_allclose(lrs[5:], [1e-4 * (1 - k / 5) for k in range(1, 6)], atol=1e-10)
-    assert float(ts.learning_rate(dataclasses.replace(hp, decay_flag=False), 10)) == pytest.approx(1e-4)
+    assert float(ts.learning_rate(dataclasses.replace(hp, decay_flag=False), 10)) == pytest.approx(
+        1e-4
+    )
 
 
 def test_trainable_mask_skips_unused_convblock4():
@@ -67,8 +73,9 @@ def test_generator_forward_keeps_only_convolution_outputs():
     x = jnp.zeros((2, SIZE, SIZE, 3))
 
     def residual_bytes(keep_only_convs: bool) -> int:
-        out = jax.eval_shape(lambda p, x: ts._gen_forward(model, "genA2B", p, x, keep_only_convs),
-                             params, x)
+        out = jax.eval_shape(
+            lambda p, x: ts._gen_forward(model, "genA2B", p, x, keep_only_convs), params, x
+        )
         return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(out[2]))
 
     assert 0.15 < residual_bytes(True) / residual_bytes(False) < 0.3
@@ -111,8 +118,12 @@ def weights(tmp_path_factory) -> dict:
                 m.running_mean.zero_()
     save_nets(nets, d / "nets.pt")
     torch.save(facenet.state_dict(), d / "face.pth")
-    return {"dir": d, "nets": nets, "facenet": facenet,
-            "args": (d / "nets.pt", d / "face.pth", STEPS, BATCH, SIZE_REF, ITERATION)}
+    return {
+        "dir": d,
+        "nets": nets,
+        "facenet": facenet,
+        "args": (d / "nets.pt", d / "face.pth", STEPS, BATCH, SIZE_REF, ITERATION),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +138,9 @@ def reference(weights) -> dict:
         for net in (*nets.values(), facenet):
             net.double()
         ref = TorchTrainer(nets, facenet, ts.Hparams(iteration=ITERATION))
-        torch_losses = [ref.step(nchw(a), nchw(b))
-                        for a, b in train_worker.batches(0, STEPS, BATCH, SIZE_REF)]
+        torch_losses = [
+            ref.step(nchw(a), nchw(b)) for a, b in train_worker.batches(0, STEPS, BATCH, SIZE_REF)
+        ]
     finally:
         train_worker.run_together([proc])
     return {"one": dict(np.load(d / "one.npz")), "torch_losses": torch_losses, "torch_nets": nets}
@@ -141,11 +153,18 @@ def topologies(weights) -> dict:
     d, (nets, face, _, batch, size, iteration) = weights["dir"], weights["args"]
     args = (nets, face, 2, batch, size, iteration)  # the tests compare the first 2 steps
     port = train_worker.free_port()
-    train_worker.run_together([
-        train_worker.start(d / "two.npz", 2, *args, process_id=i, num_processes=2, port=port)
-        for i in (0, 1)])
-    train_worker.run_together([train_worker.start(d / "eight.npz", 8, *args),
-                               train_worker.start(d / "four.npz", 4, *args)])
+    train_worker.run_together(
+        [
+            train_worker.start(d / "two.npz", 2, *args, process_id=i, num_processes=2, port=port)
+            for i in (0, 1)
+        ]
+    )
+    train_worker.run_together(
+        [
+            train_worker.start(d / "eight.npz", 8, *args),
+            train_worker.start(d / "four.npz", 4, *args),
+        ]
+    )
     return {name: dict(np.load(d / f"{name}.npz")) for name in ("eight", "four", "two")}
 
 
@@ -161,11 +180,17 @@ def test_three_steps_equal_torch_trainer(reference):
     for name, net in nets.items():
         for key, value in net.state_dict().items():
             got = ours[f"final/{name}.{key}"]
-            np.testing.assert_allclose(got, value.numpy(), atol=1e-5, rtol=0, err_msg=f"{name}.{key}")
+            np.testing.assert_allclose(
+                got, value.numpy(), atol=1e-5, rtol=0, err_msg=f"{name}.{key}"
+            )
             # what float64 actually gives (measured: 1.4e-8 at most, on 3 of 1152 entries of one
             # kernel, since the 1x1 and 7x7 convolutions became matrix products; 1e-9 before)
-            np.testing.assert_allclose(got, value.numpy(), atol=1e-7, rtol=0, err_msg=f"{name}.{key}")
-    assert sum(k.startswith("final/") for k in ours) == sum(len(n.state_dict()) for n in nets.values())
+            np.testing.assert_allclose(
+                got, value.numpy(), atol=1e-7, rtol=0, err_msg=f"{name}.{key}"
+            )
+    assert sum(k.startswith("final/") for k in ours) == sum(
+        len(n.state_dict()) for n in nets.values()
+    )
 
 
 @pytest.mark.xdist_group("reference")
@@ -196,8 +221,9 @@ def test_remat_equals_keeping_convolution_outputs(weights, reference):
     step with --remat (in a process of its own, like the topology runs) equals the reference's
     first step, which keeps the convolutions' outputs."""
     d, (nets, face, _, batch, size, iteration) = weights["dir"], weights["args"]
-    train_worker.run_together([train_worker.start(d / "remat.npz", 1, nets, face, 1, batch, size,
-                                                  iteration, remat=True)])
+    train_worker.run_together(
+        [train_worker.start(d / "remat.npz", 1, nets, face, 1, batch, size, iteration, remat=True)]
+    )
     remat = dict(np.load(d / "remat.npz"))
     kept = {k: v for k, v in reference["one"].items() if k.startswith("step1/")}
     assert kept.keys() == {k for k in remat if k.startswith("step1/")} and len(kept) > 1000
@@ -210,8 +236,13 @@ def assert_same_training(x: dict, y: dict, steps: int) -> None:
     """Raw gradients and losses of the first ``steps`` steps and the params and spectral state
     after step ``steps`` agree to 1e-5 (gradients, which reach 1e4 on these small steep nets,
     to 1e-5 of their tensor's largest entry)."""
-    keys = [k for k in y if k.startswith("step") and int(k.split("/")[0][4:]) <= steps
-            and ("/metrics" in k or k.startswith(f"step{steps}/"))]
+    keys = [
+        k
+        for k in y
+        if k.startswith("step")
+        and int(k.split("/")[0][4:]) <= steps
+        and ("/metrics" in k or k.startswith(f"step{steps}/"))
+    ]
     grads = [k for k in keys if "['grads']" in k]
     assert len(grads) > 1000 and keys
     for k in keys:

@@ -19,9 +19,12 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from p2c_jax import checkpoint, torch_port, trainer
-from p2c_jax.demo_data import build_demo
-from p2c_jax.models import TRAINING_NETS
+from p2c_jax.data.demo import build_demo
+from p2c_jax.nn.models import TRAINING_NETS
+from p2c_jax.pytorch import nets as torch_port
+from p2c_jax.train import loop as trainer
+from p2c_jax.train.config import Config
+from p2c_jax.weights import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,19 +37,35 @@ def dataset(tmp_path_factory) -> Path:
 SIZE, CH, ITERATION = 96, 4, 4  # 96: the smallest size the 7-layer discriminator takes
 
 
-def _config(dataset: Path, workdir: Path, **kw) -> trainer.Config:
-    base = dict(dataset=str(dataset), workdir=str(workdir), iteration=ITERATION, batch_size=1,  # noqa: C408
-                save_freq=2, print_freq=0, faceid_weight=0, img_size=SIZE, ch=CH, keep=5,
-                log_every=1, progress=False, seed=3)
-    return trainer.Config(**{**base, **kw})
+def _config(dataset: Path, workdir: Path, **kw) -> Config:
+    base = dict(
+        dataset=str(dataset),
+        workdir=str(workdir),
+        iteration=ITERATION,
+        batch_size=1,
+        save_freq=2,
+        print_freq=0,
+        faceid_weight=0,
+        img_size=SIZE,
+        ch=CH,
+        keep=5,
+        log_every=1,
+        progress=False,
+        seed=3,
+    )
+    return Config.flat(**{**base, **kw})
 
 
 def _final(workdir: Path) -> dict[str, np.ndarray]:
     """Every array of the latest checkpoint: nets (params + spectral) and train state."""
     path = checkpoint.resolve(workdir)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        items = ckptr.restore(path, ocp.args.Composite(nets=ocp.args.StandardRestore(),
-                                                       train_state=ocp.args.StandardRestore()))
+        items = ckptr.restore(
+            path,
+            ocp.args.Composite(
+                nets=ocp.args.StandardRestore(), train_state=ocp.args.StandardRestore()
+            ),
+        )
     flat = jax.tree_util.tree_flatten_with_path({"nets": items.nets, "ts": items.train_state})[0]
     return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
 
@@ -101,12 +120,39 @@ def test_cli_sigterm_leaves_restorable_checkpoint_and_exports(dataset, tmp_path,
     exports the checkpoint to a .pt that the original nets load strictly; --resume continues."""
     workdir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "train.py"), "--dataset", str(dataset), "--img_size", str(SIZE),
-           "--ch", str(CH), "--light", "true", "--iteration", str(ITERATION), "--batch_size", "1",
-           "--faceid_weight", "0", "--print_freq", "1", "--save_freq", "1000", "--log_every", "1",
-           "--gpu_ids", "0", "--benchmark_flag", "false", "--workdir", str(workdir)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--dataset",
+        str(dataset),
+        "--img_size",
+        str(SIZE),
+        "--ch",
+        str(CH),
+        "--light",
+        "true",
+        "--iteration",
+        str(ITERATION),
+        "--batch_size",
+        "1",
+        "--faceid_weight",
+        "0",
+        "--print_freq",
+        "1",
+        "--save_freq",
+        "1000",
+        "--log_every",
+        "1",
+        "--gpu_ids",
+        "0",
+        "--benchmark_flag",
+        "false",
+        "--workdir",
+        str(workdir),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -123,8 +169,13 @@ def test_cli_sigterm_leaves_restorable_checkpoint_and_exports(dataset, tmp_path,
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
     pt = tmp_path / "photo2cartoon_weights.pt"
-    res = subprocess.run([sys.executable, str(ROOT / "convert_weights.py"), "--src", str(workdir),
-                          "--dst", str(pt)], cwd=ROOT, capture_output=True, text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "convert_weights.py"), "--src", str(workdir), "--dst", str(pt)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     sd = torch.load(pt, weights_only=True)
     for name in ("genA2B", "genB2A"):
@@ -134,7 +185,7 @@ def test_cli_sigterm_leaves_restorable_checkpoint_and_exports(dataset, tmp_path,
 
     # --resume true, in this process (the same main(); no second start-up and compile)
     train_cli = _import_train_py()
-    assert train_cli.main(cmd[2:] + ["--resume", "true", "--print_freq", "0"]) == 0
+    assert train_cli.main([*cmd[2:], "--resume", "true", "--print_freq", "0"]) == 0
     assert "at step 1" in capsys.readouterr().out
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1", str(ITERATION)]
 

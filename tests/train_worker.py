@@ -25,14 +25,25 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def batches(seed: int, steps: int, global_batch: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def batches(
+    seed: int, steps: int, global_batch: int, size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The global batches (A, B) of every step, NHWC float64 in [-1, 1]."""
     rng = np.random.default_rng(seed)
-    return [tuple(rng.uniform(-1, 1, (global_batch, size, size, 3)) for _ in "AB") for _ in range(steps)]
+    return [
+        tuple(rng.uniform(-1, 1, (global_batch, size, size, 3)) for _ in "AB") for _ in range(steps)
+    ]
 
 
-def run(weights: str, face_weights: str | None, steps: int, global_batch: int, size: int,
-        iteration: int, remat: bool = False) -> dict[str, np.ndarray]:
+def run(
+    weights: str,
+    face_weights: str | None,
+    steps: int,
+    global_batch: int,
+    size: int,
+    iteration: int,
+    remat: bool = False,
+) -> dict[str, np.ndarray]:
     """``steps`` steps on every device of every process from ``weights``; needs x64 enabled.
 
     Returns, on every process, flat arrays: ``step{i}/metrics...`` (losses, lr and the raw
@@ -42,11 +53,11 @@ def run(weights: str, face_weights: str | None, steps: int, global_batch: int, s
     """
     import jax
 
-    from p2c_jax import train_step as ts
-    from p2c_jax.convert import load_torch, state_to_torch
-    from p2c_jax.face_id import FaceID
-    from p2c_jax.models import TRAINING_NETS
-    from p2c_jax.trainer import _host
+    from p2c_jax.nn.models import TRAINING_NETS
+    from p2c_jax.train import step as ts
+    from p2c_jax.train.face_id import FaceID
+    from p2c_jax.train.loop import _host
+    from p2c_jax.weights.convert import load_torch, state_to_torch
 
     assert jax.config.jax_enable_x64
     nets = load_torch(weights, list(TRAINING_NETS))
@@ -63,8 +74,12 @@ def run(weights: str, face_weights: str | None, steps: int, global_batch: int, s
     lo = jax.process_index() * per
     out = {}
     for i, (a, b) in enumerate(batches(0, steps, global_batch, size)):
-        state, metrics = step(state, face_state, ts.put_batch(a[lo:lo + per], mesh),
-                              ts.put_batch(b[lo:lo + per], mesh))
+        state, metrics = step(
+            state,
+            face_state,
+            ts.put_batch(a[lo : lo + per], mesh),
+            ts.put_batch(b[lo : lo + per], mesh),
+        )
         nets_state = {k: state[k] for k in ("gen", "dis", "spectral")}
         for group, tree in (("metrics", metrics), ("state", nets_state)):
             for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -87,12 +102,14 @@ def track_residuals(step) -> dict:
 
     seen = {"refs": [], "most_alive": 0}
     for programs in {id(p): p for p in step._gen.values()}.values():
+
         def forward(params, x, forward=programs["forward"]):
             y, cam, vjp = forward(params, x)
             seen["refs"].append(weakref.ref(jax.tree.leaves(vjp)[0]))
             alive = sum(r() is not None for r in seen["refs"])
             seen["most_alive"] = max(seen["most_alive"], alive)
             return y, cam, vjp
+
         programs["forward"] = forward
     return seen
 
@@ -102,22 +119,58 @@ def _float64(x):
     return x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
 
 
-def start(out: Path, devices: int, weights: Path, face_weights: Path | None, steps: int,
-          global_batch: int, size: int, iteration: int, process_id: int = 0,
-          num_processes: int = 1, port: int = 0, remat: bool = False) -> subprocess.Popen:
+def start(
+    out: Path,
+    devices: int,
+    weights: Path,
+    face_weights: Path | None,
+    steps: int,
+    global_batch: int,
+    size: int,
+    iteration: int,
+    process_id: int = 0,
+    num_processes: int = 1,
+    port: int = 0,
+    remat: bool = False,
+) -> subprocess.Popen:
     """This file as a script, in a process with ``devices`` CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1"}
-    cmd = [sys.executable, __file__, "--out", str(out), "--devices", str(devices),
-           "--weights", str(weights), "--steps", str(steps), "--global_batch", str(global_batch),
-           "--size", str(size), "--iteration", str(iteration), "--process_id", str(process_id),
-           "--num_processes", str(num_processes), "--port", str(port)]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONFAULTHANDLER": "1",
+    }
+    cmd = [
+        sys.executable,
+        __file__,
+        "--out",
+        str(out),
+        "--devices",
+        str(devices),
+        "--weights",
+        str(weights),
+        "--steps",
+        str(steps),
+        "--global_batch",
+        str(global_batch),
+        "--size",
+        str(size),
+        "--iteration",
+        str(iteration),
+        "--process_id",
+        str(process_id),
+        "--num_processes",
+        str(num_processes),
+        "--port",
+        str(port),
+    ]
     if face_weights:
         cmd += ["--face_weights", str(face_weights)]
     if remat:
         cmd.append("--remat")
-    return subprocess.Popen(cmd, env=env, cwd=HERE.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def wait(procs: list[subprocess.Popen], timeout: float = 1200) -> None:
@@ -154,8 +207,16 @@ def _main() -> None:
     p.add_argument("--weights", required=True)
     p.add_argument("--face_weights", default=None)
     p.add_argument("--remat", action="store_true")
-    for name in ("devices", "steps", "global_batch", "size", "iteration", "process_id",
-                 "num_processes", "port"):
+    for name in (
+        "devices",
+        "steps",
+        "global_batch",
+        "size",
+        "iteration",
+        "process_id",
+        "num_processes",
+        "port",
+    ):
         p.add_argument(f"--{name}", type=int, required=True)
     args = p.parse_args()
     import jax
@@ -163,11 +224,21 @@ def _main() -> None:
     jax.config.update("jax_enable_x64", True)
     if args.num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                                   num_processes=args.num_processes, process_id=args.process_id)
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{args.port}",
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
     assert jax.device_count() == args.devices * args.num_processes, jax.devices()
-    result = run(args.weights, args.face_weights, args.steps, args.global_batch, args.size,
-                 args.iteration, remat=args.remat)
+    result = run(
+        args.weights,
+        args.face_weights,
+        args.steps,
+        args.global_batch,
+        args.size,
+        args.iteration,
+        remat=args.remat,
+    )
     if jax.process_index() == 0:
         np.savez(args.out, **result)
 

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from p2c_jax import backend
+
 EPS = 1e-5  # torch's InstanceNorm2d / BatchNorm / adaLIN eps
 # The name of every convolution's output, for checkpoint policies (``jax.checkpoint``) that keep
 # them and recompute the cheap rest; a no-op elsewhere.
@@ -76,8 +78,18 @@ def _unit(rngs: nnx.Rngs, size: int) -> jax.Array:
 class Conv2d(nnx.Module):
     """``nn.Conv2d``; ``weight`` is HWIO. Zero padding only: reflection is a layer of its own."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1, padding: int = 0,
-                 groups: int = 1, bias: bool = True, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
         fan_in = in_ch // groups * kernel * kernel
         self.weight = nnx.Param(_uniform(rngs, (kernel, kernel, in_ch // groups, out_ch), fan_in))
         self.bias = nnx.Param(_uniform(rngs, (out_ch,), fan_in)) if bias else None
@@ -87,18 +99,21 @@ class Conv2d(nnx.Module):
         return conv2d(x, self.weight[...], self.bias, self.stride, self.padding, self.groups)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int = 0,
-           groups: int = 1) -> jax.Array:
+def conv2d(
+    x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int = 0, groups: int = 1
+) -> jax.Array:
     """NHWC convolution with an HWIO kernel, torch semantics.
 
-    XLA:CPU's convolution is far behind torch's on several of this project's shapes, so the
-    form is chosen by shape (each measured in bench/conv_forms.py): 1x1 kernels as matrix
+    Under the CPU plan (``p2c_jax.backend``) the form is chosen by shape, where XLA:CPU's own
+    convolution is slow (each measured in bench/conv_forms.py): 1x1 kernels as matrix
     products, kernels over 3x3 on at most 4 input channels (the generator's 7x7 ones) over
     2 x 2 pixel blocks, 3x3 ones over 17-32 channels in 16-channel slices, depthwise ones as
     multiply-adds.
     """
     k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    if groups > 1 and c_in == 1 and groups == c_out:
+    if not backend.plan().conv_forms:
+        y = _conv(x, kernel, stride, padding, groups)
+    elif groups > 1 and c_in == 1 and groups == c_out:
         y = _depthwise(x, kernel, stride, padding)
     elif groups > 1 or stride > 1:
         y = _conv(x, kernel, stride, padding, groups)
@@ -113,11 +128,17 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int 
     return checkpoint_name(y if bias is None else y + bias[...], CONV_OUTPUT)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
-          groups: int = 1) -> jax.Array:
+def _conv(
+    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, groups: int = 1
+) -> jax.Array:
     return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), [(padding, padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+        x,
+        kernel,
+        (stride, stride),
+        [(padding, padding)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
 
 
 def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
@@ -131,19 +152,34 @@ def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
     n, h, w = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
     taps = -(-(kh + s - 1) // s)
     # kernel[U, V, (du, dv, c), (a, b, o)] = kernel[s U + du - a, s V + dv - b, c, o], 0 outside
-    shifted = [[jnp.pad(kernel, ((a, taps * s - kh - a), (b, taps * s - kw - b), (0, 0), (0, 0)))
-                .reshape(taps, s, taps, s, c_in, c_out) for b in range(s)] for a in range(s)]
-    blocks_kernel = (jnp.stack([jnp.stack(row, -2) for row in shifted], -3)
-                     .transpose(0, 2, 1, 3, 4, 5, 6, 7)
-                     .reshape(taps, taps, s * s * c_in, s * s * c_out))
+    shifted = [
+        [
+            jnp.pad(
+                kernel, ((a, taps * s - kh - a), (b, taps * s - kw - b), (0, 0), (0, 0))
+            ).reshape(taps, s, taps, s, c_in, c_out)
+            for b in range(s)
+        ]
+        for a in range(s)
+    ]
+    blocks_kernel = (
+        jnp.stack([jnp.stack(row, -2) for row in shifted], -3)
+        .transpose(0, 2, 1, 3, 4, 5, 6, 7)
+        .reshape(taps, taps, s * s * c_in, s * s * c_out)
+    )
     ho, wo = -(-h // s), -(-w // s)
     rows, cols = (ho + taps - 1) * s, (wo + taps - 1) * s
     x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
-    x = (x.reshape(n, rows // s, s, cols // s, s, c_in).transpose(0, 1, 3, 2, 4, 5)
-         .reshape(n, rows // s, cols // s, s * s * c_in))
+    x = (
+        x.reshape(n, rows // s, s, cols // s, s, c_in)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(n, rows // s, cols // s, s * s * c_in)
+    )
     y = _conv(x, blocks_kernel)
-    y = (y.reshape(n, ho, wo, s, s, c_out).transpose(0, 1, 3, 2, 4, 5)
-         .reshape(n, ho * s, wo * s, c_out))
+    y = (
+        y.reshape(n, ho, wo, s, s, c_out)
+        .transpose(0, 1, 3, 2, 4, 5)
+        .reshape(n, ho * s, wo * s, c_out)
+    )
     return y[:, :h, :w]
 
 
@@ -157,9 +193,12 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     out = 0
     for i in range(k):
         for j in range(k):
-            window = jax.lax.slice(x, (0, i, j, 0),
-                                   (x.shape[0], i + (h - 1) * stride + 1, j + (w - 1) * stride + 1,
-                                    x.shape[3]), (1, stride, stride, 1))
+            window = jax.lax.slice(
+                x,
+                (0, i, j, 0),
+                (x.shape[0], i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, x.shape[3]),
+                (1, stride, stride, 1),
+            )
             out = out + window * kernel[i, j, 0]
     return out
 
@@ -167,13 +206,16 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
 def _conv_sliced(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """A convolution as a sum over 16-channel input slices: XLA:CPU runs a 3x3 one over 32
     channels up to 8x slower than two over 16 (bench/conv_forms.py)."""
-    return sum(_conv(x[..., i:i + 16], kernel[:, :, i:i + 16], padding=padding)
-               for i in range(0, kernel.shape[2], 16))
+    return sum(
+        _conv(x[..., i : i + 16], kernel[:, :, i : i + 16], padding=padding)
+        for i in range(0, kernel.shape[2], 16)
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _with_plain_gradient(form: Callable, x: jax.Array, kernel: jax.Array,
-                         padding: int) -> jax.Array:
+def _with_plain_gradient(
+    form: Callable, x: jax.Array, kernel: jax.Array, padding: int
+) -> jax.Array:
     """``form(x, kernel, padding)``, a faster form of a stride-1 convolution, whose gradient
     is the plain convolution's: the forms' own gradients are slower (bench/conv_forms.py)."""
     return form(x, kernel, padding)
@@ -202,8 +244,9 @@ class Linear(nnx.Module):
         return y if self.bias is None else y + self.bias[...]
 
 
-def _spectral_weight(w_mat: jax.Array, u: SpectralState, v: SpectralState,
-                     update_stats: bool) -> jax.Array:
+def _spectral_weight(
+    w_mat: jax.Array, u: SpectralState, v: SpectralState, update_stats: bool
+) -> jax.Array:
     """sigma of ``w_mat`` [out, in] as torch.nn.utils.spectral_norm computes it.
 
     With ``update_stats`` one power iteration runs first and ``u``/``v`` are updated in
@@ -226,8 +269,16 @@ def _spectral_weight(w_mat: jax.Array, u: SpectralState, v: SpectralState,
 class SNConv2d(nnx.Module):
     """``spectral_norm(nn.Conv2d)``: ``weight_orig`` (HWIO), ``weight_u``, ``weight_v``, ``bias``."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
-                 bias: bool = True, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        *,
+        stride: int = 1,
+        bias: bool = True,
+        rngs: nnx.Rngs,
+    ):
         fan_in = in_ch * kernel * kernel
         self.weight_orig = nnx.Param(_uniform(rngs, (kernel, kernel, in_ch, out_ch), fan_in))
         self.bias = nnx.Param(_uniform(rngs, (out_ch,), fan_in)) if bias else None
@@ -284,6 +335,7 @@ class PReLU(nnx.Module):
 
 # --- parameterless layers -------------------------------------------------------------------
 
+
 def pad_hw(x: jax.Array, n: int, mode: str = "constant") -> jax.Array:
     """``x`` NHWC padded by ``n`` on both sides of H and W (``jnp.pad`` modes: zeros,
     "reflect" like ``nn.ReflectionPad2d``, "edge")."""
@@ -337,9 +389,10 @@ def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
         rows = [sum(kernel[dy] for dy in taps) for taps in _PHASE_TAPS[a]]
         row = []
         for b in (0, 1):
-            k = jnp.stack([jnp.stack([sum(r[dx] for dx in taps) for taps in _PHASE_TAPS[b]])
-                           for r in rows])
-            row.append(conv2d(xp[:, a:a + h + 1, b:b + w + 1], k, None))
+            k = jnp.stack(
+                [jnp.stack([sum(r[dx] for dx in taps) for taps in _PHASE_TAPS[b]]) for r in rows]
+            )
+            row.append(conv2d(xp[:, a : a + h + 1, b : b + w + 1], k, None))
         phases.append(jnp.stack(row, axis=3))
     return jnp.stack(phases, axis=2).reshape(n, 2 * h, 2 * w, kernel.shape[-1])
 
@@ -351,6 +404,7 @@ def avg_pool2x(x: jax.Array) -> jax.Array:
 
 
 # --- layer-instance normalisations ------------------------------------------------------------
+
 
 def _layer_instance_mix(x: jax.Array, rho: jax.Array) -> jax.Array:
     """rho * IN(x) + (1 - rho) * LN(x), both with torch.var's unbiased variance."""
@@ -403,9 +457,12 @@ class SoftAdaLIN(nnx.Module):
         self.s_gamma = Linear(c, c, rngs=rngs)
         self.s_beta = Linear(c, c, rngs=rngs)
 
-    def __call__(self, x: jax.Array, content_features: jax.Array,
-                 style_features: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, content_features: jax.Array, style_features: jax.Array
+    ) -> jax.Array:
         w_gamma, w_beta = self.w_gamma[...], self.w_beta[...]
-        gamma = (1.0 - w_gamma) * self.s_gamma(style_features) + w_gamma * self.c_gamma(content_features)
+        gamma = (1.0 - w_gamma) * self.s_gamma(style_features) + w_gamma * self.c_gamma(
+            content_features
+        )
         beta = (1.0 - w_beta) * self.s_beta(style_features) + w_beta * self.c_beta(content_features)
         return self.norm(x, gamma, beta)

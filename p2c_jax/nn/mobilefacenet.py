@@ -6,16 +6,33 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from p2c_jax.layers import BatchNorm, Conv2d, Linear, PReLU, Sequential
+from p2c_jax.nn.layers import BatchNorm, Conv2d, Linear, PReLU, Sequential
 
 
 class Linear_block(nnx.Module):  # noqa: N801 - the original's names, so paths match
     """conv -> BatchNorm."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1, *, rngs: nnx.Rngs):
-        self.conv = Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups,
-                           bias=False, rngs=rngs)
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.conv = Conv2d(
+            in_c,
+            out_c,
+            kernel,
+            stride=stride,
+            padding=padding,
+            groups=groups,
+            bias=False,
+            rngs=rngs,
+        )
         self.bn = BatchNorm(out_c)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -25,8 +42,17 @@ class Linear_block(nnx.Module):  # noqa: N801 - the original's names, so paths m
 class Conv_block(Linear_block):  # noqa: N801
     """conv -> BatchNorm -> PReLU."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        *,
+        rngs: nnx.Rngs,
+    ):
         super().__init__(in_c, out_c, kernel, stride, padding, groups, rngs=rngs)
         self.prelu = PReLU(out_c)
 
@@ -37,8 +63,16 @@ class Conv_block(Linear_block):  # noqa: N801
 class Depth_Wise(nnx.Module):  # noqa: N801
     """1x1 expand to ``groups`` channels, depthwise 3x3, 1x1 project; optional residual."""
 
-    def __init__(self, in_c: int, out_c: int, residual: bool = False, stride: int = 2,
-                 groups: int = 1, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        residual: bool = False,
+        stride: int = 2,
+        groups: int = 1,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.conv = Conv_block(in_c, groups, rngs=rngs)
         self.conv_dw = Conv_block(groups, groups, 3, stride, 1, groups=groups, rngs=rngs)
         self.project = Linear_block(groups, out_c, rngs=rngs)
@@ -53,8 +87,12 @@ class Residual(nnx.Module):
     """``num_block`` residual Depth_Wise blocks in ``model``."""
 
     def __init__(self, c: int, num_block: int, groups: int, *, rngs: nnx.Rngs):
-        self.model = Sequential([Depth_Wise(c, c, residual=True, stride=1, groups=groups, rngs=rngs)
-                                 for _ in range(num_block)])
+        self.model = Sequential(
+            [
+                Depth_Wise(c, c, residual=True, stride=1, groups=groups, rngs=rngs)
+                for _ in range(num_block)
+            ]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.model(x)
@@ -78,8 +116,18 @@ class MobileFaceNet(nnx.Module):
         self.bn = BatchNorm(embedding_size)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in (self.conv1, self.conv2_dw, self.conv_23, self.conv_3, self.conv_34,
-                      self.conv_4, self.conv_45, self.conv_5, self.conv_6_sep, self.conv_6_dw):
+        for layer in (
+            self.conv1,
+            self.conv2_dw,
+            self.conv_23,
+            self.conv_3,
+            self.conv_34,
+            self.conv_4,
+            self.conv_45,
+            self.conv_5,
+            self.conv_6_sep,
+            self.conv_6_dw,
+        ):
             x = layer(x)
         out = self.bn(self.linear(x.reshape(x.shape[0], -1)))
         return out / jnp.linalg.norm(out, axis=-1, keepdims=True)

@@ -6,16 +6,27 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from p2c_jax.layers import (
-    LIN, Conv2d, Linear, Sequential, SoftAdaLIN, avg_pool2x, instance_norm, reflection_pad, relu,
-    upsample2x, upsample_pad_conv3x3,
+from p2c_jax.nn.layers import (
+    LIN,
+    Conv2d,
+    Linear,
+    Sequential,
+    SoftAdaLIN,
+    avg_pool2x,
+    instance_norm,
+    reflection_pad,
+    relu,
+    upsample2x,
+    upsample_pad_conv3x3,
 )
 
 
 def _norm_relu_conv(dim_in: int, dim_out: int, kernel: int, rngs: nnx.Rngs) -> Sequential:
     """IN -> ReLU -> (reflection pad) -> conv, as in the original's ConvBlock stages."""
     pad = [reflection_pad(1)] if kernel == 3 else []
-    return Sequential([instance_norm, relu, *pad, Conv2d(dim_in, dim_out, kernel, bias=False, rngs=rngs)])
+    return Sequential(
+        [instance_norm, relu, *pad, Conv2d(dim_in, dim_out, kernel, bias=False, rngs=rngs)]
+    )
 
 
 class ConvBlock(nnx.Module):
@@ -68,13 +79,15 @@ class HourGlass(nnx.Module):
 
     def __init__(self, dim_in: int, dim_out: int, use_res: bool = True, *, rngs: nnx.Rngs):
         self.use_res = use_res
-        self.HG = Sequential([
-            HourGlassBlock(dim_in, dim_out, rngs=rngs),
-            ConvBlock(dim_out, dim_out, rngs=rngs),
-            Conv2d(dim_out, dim_out, 1, bias=False, rngs=rngs),
-            instance_norm,
-            relu,
-        ])
+        self.HG = Sequential(
+            [
+                HourGlassBlock(dim_in, dim_out, rngs=rngs),
+                ConvBlock(dim_out, dim_out, rngs=rngs),
+                Conv2d(dim_out, dim_out, 1, bias=False, rngs=rngs),
+                instance_norm,
+                relu,
+            ]
+        )
         self.Conv1 = Conv2d(dim_out, 3, 1, rngs=rngs)
         if use_res:
             self.Conv2 = Conv2d(dim_out, dim_out, 1, rngs=rngs)
@@ -92,10 +105,17 @@ class ResnetBlock(nnx.Module):
     """Encoder bottleneck: x + (pad conv IN relu pad conv IN)(x)."""
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
-        self.conv_block = Sequential([
-            reflection_pad(1), Conv2d(dim, dim, 3, bias=False, rngs=rngs), instance_norm, relu,
-            reflection_pad(1), Conv2d(dim, dim, 3, bias=False, rngs=rngs), instance_norm,
-        ])
+        self.conv_block = Sequential(
+            [
+                reflection_pad(1),
+                Conv2d(dim, dim, 3, bias=False, rngs=rngs),
+                instance_norm,
+                relu,
+                reflection_pad(1),
+                Conv2d(dim, dim, 3, bias=False, rngs=rngs),
+                instance_norm,
+            ]
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.conv_block(x)
@@ -110,21 +130,26 @@ class ResnetSoftAdaLINBlock(nnx.Module):
         self.conv2 = Conv2d(dim, dim, 3, bias=False, rngs=rngs)
         self.norm2 = SoftAdaLIN(dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array, content_features: jax.Array,
-                 style_features: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, content_features: jax.Array, style_features: jax.Array
+    ) -> jax.Array:
         pad = reflection_pad(1)
         out = relu(self.norm1(self.conv1(pad(x)), content_features, style_features))
         out = self.norm2(self.conv2(pad(out)), content_features, style_features)
         return out + x
 
 
-def _conv_in_relu(dim_in: int, dim_out: int, kernel: int, stride: int, rngs: nnx.Rngs) -> Sequential:
-    return Sequential([
-        reflection_pad(kernel // 2),
-        Conv2d(dim_in, dim_out, kernel, stride=stride, bias=False, rngs=rngs),
-        instance_norm,
-        relu,
-    ])
+def _conv_in_relu(
+    dim_in: int, dim_out: int, kernel: int, stride: int, rngs: nnx.Rngs
+) -> Sequential:
+    return Sequential(
+        [
+            reflection_pad(kernel // 2),
+            Conv2d(dim_in, dim_out, kernel, stride=stride, bias=False, rngs=rngs),
+            instance_norm,
+            relu,
+        ]
+    )
 
 
 class UpBlock(Sequential):
@@ -140,10 +165,15 @@ class UpBlock(Sequential):
 
 
 def _up_block(dim_in: int, dim_out: int, rngs: nnx.Rngs) -> UpBlock:
-    return UpBlock([
-        upsample2x, reflection_pad(1), Conv2d(dim_in, dim_out, 3, bias=False, rngs=rngs),
-        LIN(dim_out), relu,
-    ])
+    return UpBlock(
+        [
+            upsample2x,
+            reflection_pad(1),
+            Conv2d(dim_in, dim_out, 3, bias=False, rngs=rngs),
+            LIN(dim_out),
+            relu,
+        ]
+    )
 
 
 class ResnetGenerator(nnx.Module):
@@ -154,11 +184,10 @@ class ResnetGenerator(nnx.Module):
     all of them, so its first FC layer depends on ``img_size``.
     """
 
-    def __init__(self, ngf: int = 64, img_size: int = 256, light: bool = False, *,
-                 rngs: nnx.Rngs):
+    def __init__(self, ngf: int = 64, img_size: int = 256, light: bool = False, *, rngs: nnx.Rngs):
         if img_size % 16:
             raise ValueError(f"img_size must be divisible by 16, got {img_size}")
-        self.ngf, self.img_size, self.light = ngf, img_size, light
+        self.light = light
         c = ngf * 4
         self.ConvBlock1 = _conv_in_relu(3, ngf, 7, 1, rngs)
         self.HourGlass1 = HourGlass(ngf, ngf, rngs=rngs)
@@ -182,7 +211,9 @@ class ResnetGenerator(nnx.Module):
         self.UpBlock2 = _up_block(ngf * 2, ngf, rngs)
         self.HourGlass3 = HourGlass(ngf, ngf, rngs=rngs)
         self.HourGlass4 = HourGlass(ngf, ngf, use_res=False, rngs=rngs)
-        self.ConvBlock2 = Sequential([reflection_pad(3), Conv2d(3, 3, 7, bias=False, rngs=rngs), jnp.tanh])
+        self.ConvBlock2 = Sequential(
+            [reflection_pad(3), Conv2d(3, 3, 7, bias=False, rngs=rngs), jnp.tanh]
+        )
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = self.ConvBlock1(x)
@@ -194,8 +225,9 @@ class ResnetGenerator(nnx.Module):
             x = block(x)
             content.append(x.mean(axis=(1, 2)))
 
-        cam_logit = jnp.concatenate([self.gap_fc(x.mean(axis=(1, 2))),
-                                     self.gmp_fc(x.max(axis=(1, 2)))], axis=-1)
+        cam_logit = jnp.concatenate(
+            [self.gap_fc(x.mean(axis=(1, 2))), self.gmp_fc(x.max(axis=(1, 2)))], axis=-1
+        )
         x = cam_weighted(x, self.gap_fc.weight[...], self.gmp_fc.weight[...])
         x = relu(self.conv1x1(x))
         heatmap = x.sum(axis=-1, keepdims=True)
@@ -205,8 +237,10 @@ class ResnetGenerator(nnx.Module):
         else:  # torch flattens NCHW
             style = self.FC(x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1))
 
-        for block, feats in zip((self.DecodeBlock1, self.DecodeBlock2, self.DecodeBlock3,
-                                 self.DecodeBlock4), reversed(content)):
+        for block, feats in zip(
+            (self.DecodeBlock1, self.DecodeBlock2, self.DecodeBlock3, self.DecodeBlock4),
+            reversed(content),
+        ):
             x = block(x, feats, style)
 
         x = self.UpBlock2(self.UpBlock1(x))

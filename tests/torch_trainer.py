@@ -16,10 +16,8 @@ import itertools
 import torch
 from torch import nn
 
-from p2c_jax.torch_port import face_crop_112
-
-GENERATORS = ("genA2B", "genB2A")
-DISCRIMINATORS = ("disGA", "disGB", "disLA", "disLB")
+from p2c_jax.nn.models import DISCRIMINATORS, GENERATORS
+from p2c_jax.pytorch.nets import face_crop_112
 
 
 class TorchTrainer:
@@ -38,11 +36,18 @@ class TorchTrainer:
             facenet.eval()
             for p in facenet.parameters():
                 p.requires_grad_(False)
-        kw = {"lr": hp.lr, "betas": (hp.beta1, hp.beta2), "eps": hp.eps, "weight_decay": hp.weight_decay}
+        kw = {
+            "lr": hp.lr,
+            "betas": (hp.beta1, hp.beta2),
+            "eps": hp.eps,
+            "weight_decay": hp.weight_decay,
+        }
         self.G_optim = torch.optim.Adam(
-            itertools.chain(*(nets[n].parameters() for n in GENERATORS)), **kw)
+            itertools.chain(*(nets[n].parameters() for n in GENERATORS)), **kw
+        )
         self.D_optim = torch.optim.Adam(
-            itertools.chain(*(nets[n].parameters() for n in DISCRIMINATORS)), **kw)
+            itertools.chain(*(nets[n].parameters() for n in DISCRIMINATORS)), **kw
+        )
         self.step_count = 0
 
     def _face_id(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -70,8 +75,12 @@ class TorchTrainer:
                 opt.param_groups[0]["lr"] -= hp.lr / half
 
         def d_adv(real, fake):
-            return (mse(real[0], torch.ones_like(real[0])) + mse(fake[0], torch.zeros_like(fake[0]))
-                    + mse(real[1], torch.ones_like(real[1])) + mse(fake[1], torch.zeros_like(fake[1])))
+            return (
+                mse(real[0], torch.ones_like(real[0]))
+                + mse(fake[0], torch.zeros_like(fake[0]))
+                + mse(real[1], torch.ones_like(real[1]))
+                + mse(fake[1], torch.zeros_like(fake[1]))
+            )
 
         def g_adv(fake):
             return mse(fake[0], torch.ones_like(fake[0])) + mse(fake[1], torch.ones_like(fake[1]))
@@ -113,14 +122,26 @@ class TorchTrainer:
             id_A, id_B = self._face_id(real_A, fake_A2B), self._face_id(real_B, fake_B2A)
         else:
             id_A = id_B = torch.zeros(())
-        cam_A = (bce(fake_B2A_cam, torch.ones_like(fake_B2A_cam))
-                 + bce(fake_A2A_cam, torch.zeros_like(fake_A2A_cam)))
-        cam_B = (bce(fake_A2B_cam, torch.ones_like(fake_A2B_cam))
-                 + bce(fake_B2B_cam, torch.zeros_like(fake_B2B_cam)))
-        G_loss_A = (hp.adv_weight * adv_A + hp.cycle_weight * recon_A + hp.identity_weight * ident_A
-                    + hp.cam_weight * cam_A + hp.faceid_weight * id_A)
-        G_loss_B = (hp.adv_weight * adv_B + hp.cycle_weight * recon_B + hp.identity_weight * ident_B
-                    + hp.cam_weight * cam_B + hp.faceid_weight * id_B)
+        cam_A = bce(fake_B2A_cam, torch.ones_like(fake_B2A_cam)) + bce(
+            fake_A2A_cam, torch.zeros_like(fake_A2A_cam)
+        )
+        cam_B = bce(fake_A2B_cam, torch.ones_like(fake_A2B_cam)) + bce(
+            fake_B2B_cam, torch.zeros_like(fake_B2B_cam)
+        )
+        G_loss_A = (
+            hp.adv_weight * adv_A
+            + hp.cycle_weight * recon_A
+            + hp.identity_weight * ident_A
+            + hp.cam_weight * cam_A
+            + hp.faceid_weight * id_A
+        )
+        G_loss_B = (
+            hp.adv_weight * adv_B
+            + hp.cycle_weight * recon_B
+            + hp.identity_weight * ident_B
+            + hp.cam_weight * cam_B
+            + hp.faceid_weight * id_B
+        )
         Generator_loss = G_loss_A + G_loss_B
         Generator_loss.backward()
         self.G_optim.step()
@@ -129,9 +150,15 @@ class TorchTrainer:
         def f(t: torch.Tensor) -> float:
             return t.detach().item()
 
-        return {"d_loss": f(Discriminator_loss), "g_loss": f(Generator_loss),
-                "d_loss_A": f(D_loss_A), "d_loss_B": f(D_loss_B),
-                "g_adv": f(adv_A + adv_B), "g_cycle": f(recon_A + recon_B),
-                "g_identity": f(ident_A + ident_B), "g_cam": f(cam_A + cam_B),
-                "g_faceid": f(id_A + id_B),
-                "lr": self.G_optim.param_groups[0]["lr"]}
+        return {
+            "d_loss": f(Discriminator_loss),
+            "g_loss": f(Generator_loss),
+            "d_loss_A": f(D_loss_A),
+            "d_loss_B": f(D_loss_B),
+            "g_adv": f(adv_A + adv_B),
+            "g_cycle": f(recon_A + recon_B),
+            "g_identity": f(ident_A + ident_B),
+            "g_cam": f(cam_A + cam_B),
+            "g_faceid": f(id_A + id_B),
+            "lr": self.G_optim.param_groups[0]["lr"],
+        }

@@ -12,6 +12,7 @@ finish the current step, save, and return.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -26,64 +27,34 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from p2c_jax import checkpoint, input_pipeline, samples, summary
-from p2c_jax import train_step as ts
-from p2c_jax.checkpoint import CheckpointError, nets_to_tree, tree_to_nets
-from p2c_jax.convert import load_any
-from p2c_jax.face_id import FaceID
-from p2c_jax.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
+from p2c_jax.data import input_pipeline
+from p2c_jax.inference import forward
+from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
+from p2c_jax.train import samples, summary
+from p2c_jax.train import step as ts
+from p2c_jax.train.config import Config, Hparams
+from p2c_jax.train.face_id import FaceID
+from p2c_jax.weights import checkpoint
+from p2c_jax.weights.checkpoint import CheckpointError, nets_to_tree, tree_to_nets
+from p2c_jax.weights.convert import load_any
 
 N_SAMPLES = 5  # train and test images per sample grid, as in the original
+TRAIN_STATE = ("step", "opt_g", "opt_d")  # the checkpoint item train_state; nets go to nets
 
 
 class TrainError(RuntimeError):
     """A run that cannot start; the message names the flag to change."""
 
 
-@dataclasses.dataclass
-class Config:
-    """Everything a run needs; ``train.py`` fills it from the original's flags plus ours."""
-
-    dataset: str = "photo2cartoon"
-    workdir: str = "experiment"
-    iteration: int = 1_000_000
-    batch_size: int = 1
-    print_freq: int = 1000
-    save_freq: int = 1000
-    decay_flag: bool = True
-    lr: float = 1e-4
-    adv_weight: float = 1
-    cycle_weight: float = 50
-    identity_weight: float = 10
-    cam_weight: float = 1000
-    faceid_weight: float = 1
-    ch: int = 32
-    img_size: int = 256
-    light: bool = True
-    resume: bool = False
-    rho_clipper: float = 1.0
-    w_clipper: float = 1.0
-    pretrained_weights: str = ""
-    faceid_weights: str = ""
-    seed: int = 0
-    augment: bool = True
-    keep: int = 3
-    log_every: int = 10
-    remat: bool = False
-    progress: bool = True
-
-    def hparams(self) -> ts.Hparams:
-        """The step's hyper-parameters: the fields of ``Hparams`` this config sets."""
-        names = {f.name for f in dataclasses.fields(ts.Hparams)} & set(vars(self))
-        return ts.Hparams(**{n: getattr(self, n) for n in names})
-
-
 # --- train state <-> checkpoint items -----------------------------------------------------------
+
 
 def _flat(tree) -> tuple[dict[str, np.ndarray], list[str]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return ({f"{i:05d}": np.asarray(_host(x)) for i, (_, x) in enumerate(leaves)},
-            [jax.tree_util.keystr(kp) for kp, _ in leaves])
+    return (
+        {f"{i:05d}": np.asarray(_host(x)) for i, (_, x) in enumerate(leaves)},
+        [jax.tree_util.keystr(kp) for kp, _ in leaves],
+    )
 
 
 def _host(x):
@@ -98,34 +69,50 @@ def checkpoint_items(model: ts.TrainModel, state: dict, meta: dict) -> ocp.args.
     host = jax.tree.map(_host, state)
     weights = {n: (model.specs[n], model.net_state(host, n)) for n in TRAINING_NETS}
     nets, config = nets_to_tree(weights)
-    rest, names = _flat({"step": host["step"], "opt_g": host["opt_g"], "opt_d": host["opt_d"],
-                         "rng": host["rng"]})
-    return ocp.args.Composite(nets=ocp.args.StandardSave(nets), config=ocp.args.JsonSave(config),
-                              train_state=ocp.args.StandardSave(rest),
-                              meta=ocp.args.JsonSave({**meta, "train_state_paths": names}))
+    rest, names = _flat({k: host[k] for k in TRAIN_STATE})
+    return ocp.args.Composite(
+        nets=ocp.args.StandardSave(nets),
+        config=ocp.args.JsonSave(config),
+        train_state=ocp.args.StandardSave(rest),
+        meta=ocp.args.JsonSave({**meta, "train_state_paths": names}),
+    )
 
 
-def restore_state(manager: ocp.CheckpointManager, step: int, model: ts.TrainModel,
-                  hp: ts.Hparams) -> tuple[dict, dict]:
+def restore_state(
+    manager: ocp.CheckpointManager, step: int, model: ts.TrainModel, hp: Hparams
+) -> tuple[dict, dict]:
     """(host train state, meta) of checkpoint ``step``, checked against ``model``'s nets."""
     where = str(Path(manager.directory) / str(step))
-    items = manager.restore(step, args=ocp.args.Composite(
-        nets=ocp.args.StandardRestore(), config=ocp.args.JsonRestore(),
-        train_state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    items = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            nets=ocp.args.StandardRestore(),
+            config=ocp.args.JsonRestore(),
+            train_state=ocp.args.StandardRestore(),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
     specs = {n: NetSpec.from_json(j) for n, j in items.config.items()}
     if specs != {n: model.specs[n] for n in TRAINING_NETS}:
-        raise TrainError(f"{where}: its nets {specs} differ from this run's; resume with the "
-                         "flags of the run that wrote it (--ch --img_size --light)")
+        raise TrainError(
+            f"{where}: its nets {specs} differ from this run's; resume with the "
+            "flags of the run that wrote it (--ch --img_size --light)"
+        )
     weights = tree_to_nets(items.nets, items.config, where)
     template = model.init_state({n: st for n, (_, st) in weights.items()}, hp)
-    rest_template = {k: template[k] for k in ("step", "opt_g", "opt_d", "rng")}
+    rest_template = {k: template[k] for k in TRAIN_STATE}
     leaves, treedef = jax.tree_util.tree_flatten(rest_template)
-    names = [jax.tree_util.keystr(kp)
-             for kp, _ in jax.tree_util.tree_flatten_with_path(rest_template)[0]]
+    names = [
+        jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(rest_template)[0]
+    ]
     if names != items.meta.get("train_state_paths"):
         raise TrainError(f"{where}: its optimizer state does not fit this version's")
-    rest = treedef.unflatten([np.asarray(items.train_state[f"{i:05d}"], np.asarray(x).dtype)
-                              for i, x in enumerate(leaves)])
+    rest = treedef.unflatten(
+        [
+            np.asarray(items.train_state[f"{i:05d}"], np.asarray(x).dtype)
+            for i, x in enumerate(leaves)
+        ]
+    )
     return {**template, **rest}, items.meta
 
 
@@ -134,10 +121,17 @@ def restore_state(manager: ocp.CheckpointManager, step: int, model: ts.TrainMode
 _STEP_CACHE: dict = {}
 
 
-def compiled_step(model: ts.TrainModel, hp: ts.Hparams, mesh, remat: bool = False) -> Callable:
-    """``TrainStep``, cached per (nets, face net, hparams, devices, remat) within a process."""
-    key = (tuple(sorted(model.specs.items())), id(model.face) if model.face else None, hp,
-           tuple(d.id for d in mesh.devices.flat), remat)
+def compiled_step(model: ts.TrainModel, hp: Hparams, mesh, remat: bool = False) -> Callable:
+    """``TrainStep``, cached per (nets, face net, hparams, devices, remat) within a process, so
+    that runs in one process share compiled programs. The key holds the face net itself (not its
+    id, which a later object may reuse once this one is collected)."""
+    key = (
+        tuple(sorted(model.specs.items())),
+        model.face,
+        hp,
+        tuple(d.id for d in mesh.devices.flat),
+        remat,
+    )
     if key not in _STEP_CACHE:
         _STEP_CACHE[key] = ts.TrainStep(model, hp, mesh, remat=remat)
     return _STEP_CACHE[key]
@@ -152,10 +146,8 @@ class _Stop:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -173,20 +165,23 @@ def _check_img_size(specs: dict[str, NetSpec], img_size: int) -> None:
         graphdef, state = nnx.split(abstract(specs[name]))
         logit = jax.eval_shape(lambda s, x, g=graphdef: nnx.merge(g, s)(x)[0], state, x)
         if 0 in logit.shape:
-            raise TrainError(f"--img_size {img_size} is too small for the {specs[name].n_layers}-"
-                             f"layer discriminator {name}: its logit map would be empty "
-                             "(with the original's 7-layer global discriminator 96 is the smallest multiple of 16 that works; the original trains at 256)")
+            raise TrainError(
+                f"--img_size {img_size} is too small for the {specs[name].n_layers}-"
+                f"layer discriminator {name}: its logit map would be empty "
+                "(with the original's 7-layer global discriminator 96 is the smallest multiple of 16 that works; the original trains at 256)"
+            )
 
 
 def _load_face(cfg: Config) -> FaceID | None:
-    if not cfg.faceid_weight:
+    if not cfg.hparams.faceid_weight:
         return None
     if not cfg.faceid_weights:
         raise TrainError(
-            f"--faceid_weight {cfg.faceid_weight} needs the face recognition net: pass "
+            f"--faceid_weight {cfg.hparams.faceid_weight} needs the face recognition net: pass "
             "--faceid_weights model_mobilefacenet.pth (InsightFace's MobileFaceNet, as in the "
             "original's models/ folder) or our checkpoint holding it, or train without the "
-            "Face-ID loss with --faceid_weight 0")
+            "Face-ID loss with --faceid_weight 0"
+        )
     try:
         return FaceID.load(cfg.faceid_weights)
     except CheckpointError as e:
@@ -201,10 +196,12 @@ def _initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.
     except CheckpointError as e:
         raise TrainError(f"--pretrained_weights: {e}") from None
     for n in TRAINING_NETS:
-        if weights[n][0] != specs[n]:
-            raise TrainError(f"--pretrained_weights {cfg.pretrained_weights}: {n} is "
-                             f"{weights[n][0]}, this run builds {specs[n]} (check --ch "
-                             "--img_size --light)")
+        if not specs[n].weights_fit(weights[n][0]):
+            raise TrainError(
+                f"--pretrained_weights {cfg.pretrained_weights}: {n} is "
+                f"{weights[n][0]}, this run builds {specs[n]} (check --ch "
+                "--img_size --light)"
+            )
     log(f"loaded {cfg.pretrained_weights}")
     return {n: st for n, (_, st) in weights.items()}
 
@@ -212,50 +209,74 @@ def _initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.
 class _Sampler:
     """The original's print_freq sample grids: 5 train and 5 test images, A2B and B2A."""
 
-    def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path):
-        self.cfg, self.dataset_dir = cfg, dataset_dir
-        self.test = {d: input_pipeline.test_images(dataset_dir, d, cfg.img_size, N_SAMPLES)
-                     for d in "AB"}
-        gdef = model.graphdefs["genA2B"]
+    def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path, workdir: Path):
+        self.cfg, self.dataset_dir, self.workdir = cfg, dataset_dir, workdir
+        self.test = {
+            d: input_pipeline.test_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
+        }
+        self._forward = forward(model.specs["genA2B"])
 
-        def translate(gen, x_a, x_b):
-            a2b, b2a = nnx.merge(gdef, gen["genA2B"]), nnx.merge(gdef, gen["genB2A"])
-            out = {}
-            for x, fwd, back, name in ((x_a, a2b, b2a, "A2B"), (x_b, b2a, a2b, "B2A")):
-                fake, _, heat = fwd(x)
-                cyc, _, heat_cyc = back(fake)
-                same, _, heat_same = back(x)
-                out[name] = (same, heat_same, fake, heat, cyc, heat_cyc)
-            return out
-
-        self._translate = jax.jit(translate)
+    def _translate(self, gen: dict, x: np.ndarray, there: str, back: str) -> tuple:
+        """(identity, its heatmap, fake, heatmap, cycle, heatmap) of ``x`` by ``there``."""
+        fake, _, heat = self._forward(gen[there], x)
+        cycle, _, heat_cycle = self._forward(gen[back], fake)
+        same, _, heat_same = self._forward(gen[back], x)
+        return jax.device_get((same, heat_same, fake, heat, cycle, heat_cycle))
 
     def __call__(self, step: int, gen: dict, writer: summary.SummaryWriter) -> None:
         cfg = self.cfg
-        with input_pipeline.train_batches(self.dataset_dir, "A", N_SAMPLES, cfg.img_size,
-                                          cfg.augment, cfg.seed + 1, start_step=step,
-                                          prefetch=1) as it_a, \
-             input_pipeline.train_batches(self.dataset_dir, "B", N_SAMPLES, cfg.img_size,
-                                          cfg.augment, cfg.seed + 1, start_step=step,
-                                          prefetch=1) as it_b:
+        with (
+            input_pipeline.train_batches(
+                self.dataset_dir,
+                "A",
+                N_SAMPLES,
+                cfg.img_size,
+                cfg.augment,
+                cfg.seed + 1,
+                start_step=step,
+                prefetch=1,
+            ) as it_a,
+            input_pipeline.train_batches(
+                self.dataset_dir,
+                "B",
+                N_SAMPLES,
+                cfg.img_size,
+                cfg.augment,
+                cfg.seed + 1,
+                start_step=step,
+                prefetch=1,
+            ) as it_b,
+        ):
             train = {"A": next(it_a), "B": next(it_b)}
         dev = jax.local_devices()[0]
         gen = jax.device_put(jax.tree.map(_host, gen), dev)
         real = {d: np.concatenate([train[d], self.test[d]]) for d in "AB"}
-        out = jax.device_get(self._translate(gen, real["A"], real["B"]))
+        out = {
+            "A2B": self._translate(gen, real["A"], "genA2B", "genB2A"),
+            "B2A": self._translate(gen, real["B"], "genB2A", "genA2B"),
+        }
         name = Path(str(cfg.dataset)).name or "dataset"
         for direction, domain in (("A2B", "A"), ("B2A", "B")):
             same, heat_same, fake, heat, cyc, heat_cyc = out[direction]
-            cols = [samples.sample_column(real[domain][i], heat_same[i], same[i], heat[i],
-                                          fake[i], heat_cyc[i], cyc[i])
-                    for i in range(len(real[domain]))]
+            cols = [
+                samples.sample_column(
+                    real[domain][i], heat_same[i], same[i], heat[i], fake[i], heat_cyc[i], cyc[i]
+                )
+                for i in range(len(real[domain]))
+            ]
             grid = samples.sample_grid(cols)
-            samples.save_grid(samples.sample_path(cfg.workdir, name, direction, step), grid)
+            samples.save_grid(samples.sample_path(self.workdir, name, direction, step), grid)
             writer.image(step, direction, grid)
 
 
-def train(cfg: Config, *, specs: dict[str, NetSpec] | None = None, mesh=None,
-          stop_at: int | None = None, log: Callable[[str], None] | None = None) -> int:
+def train(
+    cfg: Config,
+    *,
+    specs: dict[str, NetSpec] | None = None,
+    mesh=None,
+    stop_at: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> int:
     """Run (or resume) training; returns the last completed step.
 
     ``specs`` overrides the six nets of ``--ch --img_size --light`` (tests use shallower
@@ -266,65 +287,99 @@ def train(cfg: Config, *, specs: dict[str, NetSpec] | None = None, mesh=None,
     specs = specs or training_specs(cfg.ch, cfg.img_size, cfg.light)
     mesh = mesh or ts.make_mesh()
     if cfg.batch_size % mesh.size:
-        raise TrainError(f"--batch_size {cfg.batch_size} is the global batch: it must be a "
-                         f"multiple of the {mesh.size} devices")
+        raise TrainError(
+            f"--batch_size {cfg.batch_size} is the global batch: it must be a "
+            f"multiple of the {mesh.size} devices"
+        )
     _check_img_size(specs, cfg.img_size)
-    hp = cfg.hparams()
+    hp = cfg.hparams
     face = _load_face(cfg)
     try:
         dataset_dir = input_pipeline.resolve_dataset(cfg.dataset)
     except input_pipeline.DatasetError as e:
         raise TrainError(str(e)) from None
     model = ts.TrainModel(specs, face)
-    workdir = Path(cfg.workdir).absolute()
+    workdir = Path(cfg.run_dir()).absolute()
     manager = ocp.CheckpointManager(
         workdir / checkpoint.CHECKPOINTS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
-                                             enable_async_checkpointing=True),
-        item_names=("nets", "config", "train_state", "meta"))
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=cfg.keep, create=True, enable_async_checkpointing=True
+        ),
+        item_names=("nets", "config", "train_state", "meta"),
+    )
     latest = manager.latest_step()
     if latest is not None and cfg.resume:
         host_state, meta = restore_state(manager, latest, model, hp)
         if meta.get("batch_size") != cfg.batch_size or meta.get("seed") != cfg.seed:
-            log(f"warning: resuming a run of --batch_size {meta.get('batch_size')} --seed "
-                f"{meta.get('seed')} with --batch_size {cfg.batch_size} --seed {cfg.seed}")
+            log(
+                f"warning: resuming a run of --batch_size {meta.get('batch_size')} --seed "
+                f"{meta.get('seed')} with --batch_size {cfg.batch_size} --seed {cfg.seed}"
+            )
         log(f"resumed from {workdir / checkpoint.CHECKPOINTS / str(latest)} at step {latest}")
     elif latest is not None:
-        raise TrainError(f"--workdir {workdir} already holds checkpoints up to step {latest}: "
-                         "pass --resume true to continue that run, or choose another --workdir")
+        raise TrainError(
+            f"--workdir {workdir} already holds checkpoints up to step {latest}: "
+            "pass --resume true to continue that run, or choose another --workdir"
+        )
     else:
-        host_state = model.init_state(_initial_nets(cfg, specs, log), hp, cfg.seed)
+        host_state = model.init_state(_initial_nets(cfg, specs, log), hp)
     start = int(host_state["step"])
 
     state = ts.put_replicated(host_state, mesh)
     face_state = ts.put_replicated(face.state, mesh) if face is not None else None
     step_fn = compiled_step(model, hp, mesh, cfg.remat)
-    meta = {"seed": cfg.seed, "batch_size": cfg.batch_size, "dataset": str(cfg.dataset),
-            "hparams": dataclasses.asdict(hp), "augment": cfg.augment}
+    meta = {
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "dataset": str(cfg.dataset),
+        "hparams": dataclasses.asdict(hp),
+        "augment": cfg.augment,
+    }
 
     def save(step: int) -> None:
         if manager.latest_step() == step:
             return
-        manager.save(step, args=checkpoint_items(model, state, {**meta, "step": step,
-                                                                "data_position": step}))
+        manager.save(
+            step, args=checkpoint_items(model, state, {**meta, "step": step, "data_position": step})
+        )
 
     pi, pc = jax.process_index(), jax.process_count()
-    batches = {d: input_pipeline.train_batches(dataset_dir, d, cfg.batch_size, cfg.img_size,
-                                               cfg.augment, cfg.seed, pi, pc, start_step=start)
-               for d in "AB"}
+    batches = {
+        d: input_pipeline.train_batches(
+            dataset_dir,
+            d,
+            cfg.batch_size,
+            cfg.img_size,
+            cfg.augment,
+            cfg.seed,
+            pi,
+            pc,
+            start_step=start,
+        )
+        for d in "AB"
+    }
     writer = summary.SummaryWriter(workdir / "tensorboard", enabled=is_main)
-    sampler = _Sampler(model, cfg, dataset_dir) if cfg.print_freq > 0 and is_main else None
-    end = cfg.iteration if stop_at is None else min(cfg.iteration, stop_at)
+    sampler = _Sampler(model, cfg, dataset_dir, workdir) if cfg.print_freq > 0 and is_main else None
+    end = cfg.hparams.iteration if stop_at is None else min(cfg.hparams.iteration, stop_at)
     bar = None
     if is_main and cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.iteration, initial=start, unit="step", dynamic_ncols=True,
-                   mininterval=1.0, file=sys.stderr)
+
+        bar = tqdm(
+            total=cfg.hparams.iteration,
+            initial=start,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=1.0,
+            file=sys.stderr,
+        )
     step = start
     try:
         with _Stop() as stop:
-            log(f"training start: steps {start + 1}..{end} of {cfg.iteration} on {mesh.size} "
-                f"device(s), global batch {cfg.batch_size} (the first step compiles)")
+            log(
+                f"training start: steps {start + 1}..{end} of {cfg.hparams.iteration} on {mesh.size} "
+                f"device(s), global batch {cfg.batch_size} (the first step compiles)"
+            )
             t0 = time.time()
             for step in range(start + 1, end + 1):
                 real_A = ts.put_batch(next(batches["A"]), mesh)
@@ -334,11 +389,16 @@ def train(cfg: Config, *, specs: dict[str, NetSpec] | None = None, mesh=None,
                     values = {k: float(_host(v)) for k, v in metrics.items()}
                     writer.scalars(step, values)
                     if bar is not None:
-                        bar.set_postfix(d_loss=f"{values['d_loss']:.4f}",
-                                        g_loss=f"{values['g_loss']:.4f}", refresh=False)
+                        bar.set_postfix(
+                            d_loss=f"{values['d_loss']:.4f}",
+                            g_loss=f"{values['g_loss']:.4f}",
+                            refresh=False,
+                        )
                     elif is_main:
-                        log(f"[{step:5d}/{cfg.iteration:5d}] time: {time.time() - t0:4.4f} "
-                            f"d_loss: {values['d_loss']:.8f}, g_loss: {values['g_loss']:.8f}")
+                        log(
+                            f"[{step:5d}/{cfg.hparams.iteration:5d}] time: {time.time() - t0:4.4f} "
+                            f"d_loss: {values['d_loss']:.8f}, g_loss: {values['g_loss']:.8f}"
+                        )
                 if bar is not None:
                     bar.update(1)
                 if sampler is not None and step % cfg.print_freq == 0:
@@ -369,16 +429,28 @@ def _should_stop(sig: int | None) -> bool:
     if jax.process_count() == 1:
         return flag
     from jax.experimental import multihost_utils
+
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def maybe_initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                                 process_id: int | None) -> None:
+def maybe_initialize_distributed(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> None:
     """``jax.distributed.initialize`` from flags, or from the environment (JAX_COORDINATOR_ADDRESS
     and friends, SLURM, Open MPI, Cloud TPU pods) when it names a cluster; else one process."""
     if coordinator_address:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                   num_processes=num_processes, process_id=process_id)
-    elif any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID",
-                                       "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")):
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    elif any(
+        v in os.environ
+        for v in (
+            "JAX_COORDINATOR_ADDRESS",
+            "SLURM_JOB_ID",
+            "OMPI_COMM_WORLD_SIZE",
+            "TPU_WORKER_HOSTNAMES",
+        )
+    ):
         jax.distributed.initialize()

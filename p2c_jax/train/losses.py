@@ -30,4 +30,3 @@ def lsgan_d(real: tuple[jax.Array, jax.Array], fake: tuple[jax.Array, jax.Array]
 def lsgan_g(fake: tuple[jax.Array, jax.Array]) -> jax.Array:
     """The generator's side against one discriminator: ``mse(logit, 1) + mse(cam_logit, 1)``."""
     return mse(fake[0], 1.0) + mse(fake[1], 1.0)
-

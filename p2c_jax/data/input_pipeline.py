@@ -26,15 +26,17 @@ import json
 import os
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-SPLITS = ("trainA", "trainB", "testA", "testB")
+from preprocessing.splits import SPLITS
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
 RESIZE_MARGIN = 30  # train images are resized to img_size + 30, then randomly cropped
 _ORDER, _AUGMENT = 0, 1  # stream tags of the two kinds of random draws
@@ -72,7 +74,7 @@ def _walk_key(name: str) -> tuple[str, str]:
 def _tfrecord_dir(dataset_dir: Path) -> Path | None:
     """The TFRecord dataset of `preprocessing.tfrecords` in `dataset_dir/tfrecords` or `dataset_dir`."""
     for cand in (dataset_dir / "tfrecords", dataset_dir):
-        infos = [cand / "dataset_info.json"] + sorted(cand.glob("*/*/dataset_info.json"))
+        infos = [cand / "dataset_info.json", *sorted(cand.glob("*/*/dataset_info.json"))]
         info = next((p for p in reversed(infos) if p.is_file()), None)
         if info is not None:
             return info.parent
@@ -122,7 +124,7 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path:
     Raises DatasetError naming the flag and the missing or empty splits.
     """
     if dataset == "demo":
-        from p2c_jax.demo_data import build_demo
+        from p2c_jax.data.demo import build_demo
 
         path = build_demo(Path(root) / "demo")
     elif dataset not in (".", "..") and Path(dataset).name == dataset:
@@ -130,7 +132,9 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path:
     else:
         path = Path(dataset).expanduser()
     if not path.is_dir():
-        raise DatasetError(f"--dataset {dataset}: no folder {path} (expected {'/'.join(SPLITS)} in it, or 'demo')")
+        raise DatasetError(
+            f"--dataset {dataset}: no folder {path} (expected {'/'.join(SPLITS)} in it, or 'demo')"
+        )
     tf_dir = _tfrecord_dir(path)
     if tf_dir is not None:
         counts = _tfrecord_counts(tf_dir)
@@ -142,7 +146,8 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path:
     if bad:
         raise DatasetError(
             f"--dataset {dataset}: {where} lacks images in {', '.join(bad)} (expected folders "
-            f"{', '.join(SPLITS)} holding {'/'.join(IMG_EXTENSIONS)} files, or 'demo')")
+            f"{', '.join(SPLITS)} holding {'/'.join(IMG_EXTENSIONS)} files, or 'demo')"
+        )
     return path
 
 
@@ -169,7 +174,9 @@ def batch_file_indices(seed: int, domain: str, step: int, global_batch: int, n: 
     """File indices of the global batch of `step`: consecutive positions of the epoch permutations."""
     pos = step * global_batch + np.arange(global_batch)
     epochs, offsets = np.divmod(pos, n)
-    return np.array([epoch_permutation(seed, domain, int(e), n)[o] for e, o in zip(epochs, offsets)])
+    return np.array(
+        [epoch_permutation(seed, domain, int(e), n)[o] for e, o in zip(epochs, offsets)]
+    )
 
 
 def augment_params(seed: int, domain: str, step: int, index: int) -> Augment:
@@ -196,7 +203,7 @@ def transform(img: Image.Image, img_size: int, aug: Augment | None) -> np.ndarra
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     big = img_size + RESIZE_MARGIN
     rgb = np.asarray(img.resize((big, big), Image.BILINEAR))
-    return to_unit_range(rgb[aug.top:aug.top + img_size, aug.left:aug.left + img_size])
+    return to_unit_range(rgb[aug.top : aug.top + img_size, aug.left : aug.left + img_size])
 
 
 # ---------------------------------------------------------------------------- batches
@@ -208,8 +215,20 @@ class BatchIterator(Iterator[np.ndarray]):
     Call close() (or use it as a context manager) to stop the workers; pending work is dropped.
     """
 
-    def __init__(self, split: _Split, domain: str, global_batch: int, img_size: int, augment: bool,
-                 seed: int, lo: int, hi: int, start_step: int, prefetch: int, workers: int):
+    def __init__(
+        self,
+        split: _Split,
+        domain: str,
+        global_batch: int,
+        img_size: int,
+        augment: bool,
+        seed: int,
+        lo: int,
+        hi: int,
+        start_step: int,
+        prefetch: int,
+        workers: int,
+    ):
         self._split, self._domain, self._seed = split, domain, seed
         self._global_batch, self._img_size, self._augment = global_batch, img_size, augment
         self._lo, self._hi, self._step = lo, hi, start_step
@@ -225,9 +244,15 @@ class BatchIterator(Iterator[np.ndarray]):
 
     def _submit(self) -> None:
         step, self._step = self._step, self._step + 1
-        files = batch_file_indices(self._seed, self._domain, step, self._global_batch, len(self._split))
-        self._pending.append([self._pool.submit(self._example, step, k, int(files[k]))
-                              for k in range(self._lo, self._hi)])
+        files = batch_file_indices(
+            self._seed, self._domain, step, self._global_batch, len(self._split)
+        )
+        self._pending.append(
+            [
+                self._pool.submit(self._example, step, k, int(files[k]))
+                for k in range(self._lo, self._hi)
+            ]
+        )
 
     def __next__(self) -> np.ndarray:
         if not self._pending:
@@ -247,22 +272,46 @@ class BatchIterator(Iterator[np.ndarray]):
         self.close()
 
 
-def train_batches(dataset_dir: str | Path, domain: str, global_batch: int, img_size: int, augment: bool,
-                  seed: int, process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                  *, prefetch: int = 3, workers: int = 3) -> BatchIterator:
+def train_batches(
+    dataset_dir: str | Path,
+    domain: str,
+    global_batch: int,
+    img_size: int,
+    augment: bool,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_step: int = 0,
+    *,
+    prefetch: int = 3,
+    workers: int = 3,
+) -> BatchIterator:
     """Endless float32 batches [global_batch // process_count, img_size, img_size, 3] in [-1, 1]
     of `train<domain>`: this process's slice of the global batches of steps start_step, start_step+1, ...
 
     The global batch of a step depends only on (seed, domain, step, files), not on the topology.
     """
     if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by {process_count} processes"
+        )
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     per = global_batch // process_count
     split = _Split(Path(dataset_dir), f"train{domain}")
-    return BatchIterator(split, domain, global_batch, img_size, augment, seed, process_index * per,
-                         (process_index + 1) * per, start_step, prefetch, workers)
+    return BatchIterator(
+        split,
+        domain,
+        global_batch,
+        img_size,
+        augment,
+        seed,
+        process_index * per,
+        (process_index + 1) * per,
+        start_step,
+        prefetch,
+        workers,
+    )
 
 
 def test_images(dataset_dir: str | Path, domain: str, img_size: int, n: int) -> np.ndarray:

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from p2c_jax.checkpoint import CheckpointError
-from p2c_jax.convert import FACENET, load_any
-from p2c_jax.models import NetSpec, abstract
+from p2c_jax.nn.models import FACENET, NetSpec, abstract
+from p2c_jax.weights.checkpoint import CheckpointError
+from p2c_jax.weights.convert import load_any
 
 FACE_SIZE = 112
 

@@ -4,7 +4,7 @@ The state is a plain pytree (pure dicts of arrays, big_vision style)::
 
     {"step": int32 (completed steps),
      "gen": {genA2B, genB2A: params}, "dis": {disGA, disGB, disLA, disLB: params},
-     "spectral": {disGA, ...: weight_u / weight_v}, "opt_g": ..., "opt_d": ..., "rng": key}
+     "spectral": {disGA, ...: weight_u / weight_v}, "opt_g": ..., "opt_d": ...}
 
 and the step (``TrainStep``) is a function of (state, frozen face-ID state, global batch of A, of B)
 whose programs are mapped over the mesh axis ``data`` with ``jax.shard_map``: params replicated,
@@ -31,7 +31,6 @@ width does not change) are left to Adam's ``grad is None`` rule: not updated, no
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -43,34 +42,15 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from p2c_jax import losses
-from p2c_jax.face_id import FaceID, cosine_similarity
-from p2c_jax.generator import ConvBlock
-from p2c_jax.layers import CONV_OUTPUT, SpectralState
-from p2c_jax.models import DISCRIMINATORS, GENERATORS, NetSpec, abstract, build
+from p2c_jax.nn.generator import ConvBlock
+from p2c_jax.nn.layers import CONV_OUTPUT, SpectralState
+from p2c_jax.nn.models import DISCRIMINATORS, GENERATORS, NetSpec, abstract, build
+from p2c_jax.train import losses
+from p2c_jax.train.config import Hparams
+from p2c_jax.train.face_id import FaceID, cosine_similarity
 
 AXIS = "data"
 Tree = dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Hparams:
-    """The original's training flags that enter the step (same names, same defaults)."""
-
-    lr: float = 1e-4
-    iteration: int = 1_000_000
-    decay_flag: bool = True
-    adv_weight: float = 1.0
-    cycle_weight: float = 50.0
-    identity_weight: float = 10.0
-    cam_weight: float = 1000.0
-    faceid_weight: float = 1.0
-    rho_clipper: float = 1.0
-    w_clipper: float = 1.0
-    weight_decay: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    eps: float = 1e-8
 
 
 def learning_rate(hp: Hparams, step) -> jax.Array:
@@ -84,21 +64,27 @@ def learning_rate(hp: Hparams, step) -> jax.Array:
 
 def optimizer(hp: Hparams) -> optax.GradientTransformation:
     """torch.optim.Adam(betas, weight_decay) without the learning rate (applied per step)."""
-    return optax.chain(optax.add_decayed_weights(hp.weight_decay),
-                       optax.scale_by_adam(b1=hp.beta1, b2=hp.beta2, eps=hp.eps))
+    return optax.chain(
+        optax.add_decayed_weights(hp.weight_decay),
+        optax.scale_by_adam(b1=hp.beta1, b2=hp.beta2, eps=hp.eps),
+    )
 
 
 # --- the nets as pure functions ---------------------------------------------------------------
 
+
 def _trainable_mask(spec: NetSpec) -> Tree:
     """Params tree of bools: False where the original gets no gradient (Adam skips them)."""
     module = abstract(spec)
-    unused = [path + ("ConvBlock4",) for path, node in nnx.iter_graph(module)
-              if isinstance(node, ConvBlock)
-              and node.ConvBlock4[-1].weight.shape[2] == node.dim_out]
+    unused = [
+        (*path, "ConvBlock4")
+        for path, node in nnx.iter_graph(module)
+        if isinstance(node, ConvBlock) and node.ConvBlock4[-1].weight.shape[2] == node.dim_out
+    ]
     params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: not any(_keys(kp)[: len(u)] == u for u in unused), params)
+        lambda kp, _: not any(_keys(kp)[: len(u)] == u for u in unused), params
+    )
 
 
 def _keys(keypath) -> tuple:
@@ -157,8 +143,18 @@ class TrainModel:
     # The G loss is a sum over four independent parts, one per chain of generator calls:
     # the translation of each domain (real -> fake -> cycle) and the identity call of each.
 
-    def translation_loss(self, hp: Hparams, judges: tuple[str, str], dis: tuple, spectral: tuple,
-                         face_state, real, fake, cam, cycle):
+    def translation_loss(
+        self,
+        hp: Hparams,
+        judges: tuple[str, str],
+        dis: tuple,
+        spectral: tuple,
+        face_state,
+        real,
+        fake,
+        cam,
+        cycle,
+    ):
         """The G loss part of one translation ``real -> fake -> cycle``: adversarial against
         ``judges`` (the fake's domain's global and local discriminators, whose params and
         spectral states ``dis`` and ``spectral`` hold in that order), CAM (the fake's CAM logit
@@ -167,10 +163,13 @@ class TrainModel:
         adv, new_spectral = 0.0, []
         for name, params, state in zip(judges, dis, spectral):
             (out,), state = self._dis(name, params, state, [fake])
-            adv, new_spectral = adv + losses.lsgan_g(out), new_spectral + [state]
-        terms = {"adv": adv, "cycle": losses.l1(cycle, real),
-                 "cam": losses.bce_with_logits(cam, 1.0),
-                 "faceid": self.face_id_loss(hp, face_state, real, fake)}
+            adv, new_spectral = adv + losses.lsgan_g(out), [*new_spectral, state]
+        terms = {
+            "adv": adv,
+            "cycle": losses.l1(cycle, real),
+            "cam": losses.bce_with_logits(cam, 1.0),
+            "faceid": self.face_id_loss(hp, face_state, real, fake),
+        }
         return _weighted(hp, terms), terms, tuple(new_spectral)
 
     def identity_loss(self, hp: Hparams, real, same, cam):
@@ -187,7 +186,7 @@ class TrainModel:
         n = real.shape[0]
         return jnp.mean(1.0 - cosine_similarity(emb[:n], emb[n:]))
 
-    def init_state(self, nets: dict[str, nnx.State], hp: Hparams, seed: int = 0) -> Tree:
+    def init_state(self, nets: dict[str, nnx.State], hp: Hparams) -> Tree:
         """The train state at step 0 from each net's full ``nnx.State``."""
         gen, dis, spectral = {}, {}, {}
         for name in GENERATORS:
@@ -195,15 +194,22 @@ class TrainModel:
         for name in DISCRIMINATORS:
             dis[name], spectral[name] = self.split(name, nets[name])
         tx = optimizer(hp)
-        return {"step": jnp.zeros((), jnp.int32), "gen": gen, "dis": dis, "spectral": spectral,
-                "opt_g": optax.masked(tx, self.gen_mask).init(gen), "opt_d": tx.init(dis),
-                "rng": jax.random.key_data(jax.random.key(seed))}
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "gen": gen,
+            "dis": dis,
+            "spectral": spectral,
+            "opt_g": optax.masked(tx, self.gen_mask).init(gen),
+            "opt_d": tx.init(dis),
+        }
 
 
 def fresh_nets(specs: dict[str, NetSpec], seed: int) -> dict[str, nnx.State]:
     """Newly initialised nets (torch's default init), one independent key per net."""
-    return {name: nnx.state(build(spec, nnx.Rngs(jax.random.fold_in(jax.random.key(seed), i))))
-            for i, (name, spec) in enumerate(sorted(specs.items()))}
+    return {
+        name: nnx.state(build(spec, nnx.Rngs(jax.random.fold_in(jax.random.key(seed), i))))
+        for i, (name, spec) in enumerate(sorted(specs.items()))
+    }
 
 
 def _clip(gen: Tree, hp: Hparams) -> Tree:
@@ -214,6 +220,7 @@ def _clip(gen: Tree, hp: Hparams) -> Tree:
         if leaf in ("w_gamma", "w_beta"):
             return jnp.clip(x, 0.0, hp.w_clipper)
         return x
+
     return jax.tree_util.tree_map_with_path(clip, gen)
 
 
@@ -234,6 +241,7 @@ def _apply(tx, grads, opt_state, params, lr):
 # residuals, their partial parameter gradients) leave a program stacked on a new leading axis
 # (out_specs P(AXIS)) and enter the next one unstacked.
 
+
 def _stacked(tree):
     return jax.tree.map(lambda x: x[None], tree)
 
@@ -242,19 +250,23 @@ def _unstacked(tree):
     return jax.tree.map(lambda x: x[0], tree)
 
 
-def _gen_forward(model: TrainModel, name: str, params: Tree, x: jax.Array,
-                 keep_only_convs: bool = True):
+def _gen_forward(
+    model: TrainModel, name: str, params: Tree, x: jax.Array, keep_only_convs: bool = True
+):
     """Generator ``name`` on this device's ``x``: (image, CAM logit, stacked vjp).
 
     With ``keep_only_convs`` the vjp keeps the convolutions' outputs and recomputes the rest
     (normalisations, activations, pads, concatenations) from them in the backward pass: at
     256 x 256 that is 255 MB per call instead of 1.48 GB, for a few percent more time.
     """
+
     def generator(p, x):
         return model.generator(name, p, x)
+
     if keep_only_convs:
         generator = jax.checkpoint(
-            generator, policy=jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT))
+            generator, policy=jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+        )
     (y, cam), vjp = jax.vjp(generator, params, x)
     return y, cam, _stacked(vjp)
 
@@ -265,15 +277,27 @@ def _gen_backward(vjp, ct_y: jax.Array, ct_cam: jax.Array):
     return _stacked(grads), ct_x
 
 
-def _gen_backward_remat(model: TrainModel, name: str, params: Tree, x: jax.Array,
-                        ct_y: jax.Array, ct_cam: jax.Array):
+def _gen_backward_remat(
+    model: TrainModel, name: str, params: Tree, x: jax.Array, ct_y: jax.Array, ct_cam: jax.Array
+):
     """``_gen_backward`` that runs the forward pass again instead of keeping its residuals."""
     vjp = _gen_forward(model, name, params, x, keep_only_convs=False)[2]
     return _gen_backward(vjp, ct_y, ct_cam)
 
 
-def _d_update(model: TrainModel, hp: Hparams, with_grads: bool, dis: Tree, spectral: Tree,
-              opt_d, step, real_A, real_B, fake_A2B, fake_B2A):
+def _d_update(
+    model: TrainModel,
+    hp: Hparams,
+    with_grads: bool,
+    dis: Tree,
+    spectral: Tree,
+    opt_d,
+    step,
+    real_A,
+    real_B,
+    fake_A2B,
+    fake_B2A,
+):
     """The D update. The loss is this device's mean over the device count: ``shard_map`` sums
     gradients w.r.t. the replicated params over devices, giving those of the global mean."""
     n_dev = jax.lax.axis_size(AXIS)
@@ -303,12 +327,21 @@ def _g_loss_part(loss_fn: Callable, outs: tuple):
     return metrics, ct, *aux
 
 
-def _translation_part(model: TrainModel, hp: Hparams, judges: tuple[str, str], dis: tuple,
-                      spectral: tuple, face_state, real, outs: tuple):
+def _translation_part(
+    model: TrainModel,
+    hp: Hparams,
+    judges: tuple[str, str],
+    dis: tuple,
+    spectral: tuple,
+    face_state,
+    real,
+    outs: tuple,
+):
     """``TrainModel.translation_loss`` of ``outs`` = (fake, cam, cycle): (metrics, cotangents,
     new spectral states of ``judges``)."""
-    return _g_loss_part(functools.partial(
-        model.translation_loss, hp, judges, dis, spectral, face_state, real), outs)
+    return _g_loss_part(
+        functools.partial(model.translation_loss, hp, judges, dis, spectral, face_state, real), outs
+    )
 
 
 def _identity_part(model: TrainModel, hp: Hparams, real, outs: tuple):
@@ -316,16 +349,28 @@ def _identity_part(model: TrainModel, hp: Hparams, real, outs: tuple):
     return _g_loss_part(functools.partial(model.identity_loss, hp, real), outs)
 
 
-def _g_update(model: TrainModel, hp: Hparams, with_grads: bool, gen: Tree, opt_g, step,
-              partial_grads: dict, parts: list[dict]):
+def _g_update(
+    model: TrainModel,
+    hp: Hparams,
+    with_grads: bool,
+    gen: Tree,
+    opt_g,
+    step,
+    partial_grads: dict,
+    parts: list[dict],
+):
     """Sums each generator's stacked partial gradients over its calls and the devices, then
     masked Adam and the clippers; the G loss and its terms summed over the ``parts``."""
-    grads = {name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, grads)), AXIS)
-             for name, grads in partial_grads.items()}
+    grads = {
+        name: jax.lax.psum(jax.tree.map(lambda *g: sum(g), *map(_unstacked, grads)), AXIS)
+        for name, grads in partial_grads.items()
+    }
     lr = learning_rate(hp, step + 1)
     gen, opt_g = _apply(optax.masked(optimizer(hp), model.gen_mask), grads, opt_g, gen, lr)
-    metrics = {f"g_{k}": sum(part[k] for part in parts if k in part)
-               for k in ("loss", "adv", "cycle", "identity", "cam", "faceid")}
+    metrics = {
+        f"g_{k}": sum(part[k] for part in parts if k in part)
+        for k in ("loss", "adv", "cycle", "identity", "cam", "faceid")
+    }
     return _clip(gen, hp), opt_g, step + 1, {**metrics, "lr": lr}, (grads if with_grads else None)
 
 
@@ -369,8 +414,15 @@ class TrainStep:
     them: peak RSS at 256 x 256 is 3.84 GB with it, 4.23 GB without (a trim costs ~30 ms).
     """
 
-    def __init__(self, model: TrainModel, hp: Hparams, mesh: Mesh, *, with_grads: bool = False,
-                 remat: bool = False):
+    def __init__(
+        self,
+        model: TrainModel,
+        hp: Hparams,
+        mesh: Mesh,
+        *,
+        with_grads: bool = False,
+        remat: bool = False,
+    ):
         self.with_grads, self.remat = with_grads, remat
         # on CPU the device buffers live on the C heap
         self.trims_heap = mesh.devices.flat[0].platform == "cpu" and _MALLOC_TRIM is not None
@@ -387,27 +439,69 @@ class TrainStep:
                 programs[key] = make()
             return programs[key]
 
-        self._gen = {name: per_spec((name,), lambda: {
-            "forward": jax.jit(gen_map(functools.partial(_gen_forward, model, name),
-                                       in_specs=(rep, dat), out_specs=dat)),
-            "apply": jax.jit(gen_map(functools.partial(model.generator, name),
-                                     in_specs=(rep, dat), out_specs=dat)),
-            "backward_remat": jax.jit(gen_map(functools.partial(_gen_backward_remat, model, name),
-                                              in_specs=(rep,) + (dat,) * 3, out_specs=dat))})
-            for name in GENERATORS}
-        self._translation_loss = {judges: per_spec(judges, lambda: jax.jit(
-            smap(functools.partial(_translation_part, model, hp, judges),
-                 in_specs=(rep,) * 3 + (dat,) * 2, out_specs=(rep, dat, rep)), donate_argnums=(1,)))
-            for judges in (("disGB", "disLB"), ("disGA", "disLA"))}
-        self._identity_loss = jax.jit(smap(functools.partial(_identity_part, model, hp),
-                                           in_specs=dat, out_specs=(rep, dat)))
+        self._gen = {
+            name: per_spec(
+                (name,),
+                lambda: {
+                    "forward": jax.jit(
+                        gen_map(
+                            functools.partial(_gen_forward, model, name),
+                            in_specs=(rep, dat),
+                            out_specs=dat,
+                        )
+                    ),
+                    "apply": jax.jit(
+                        gen_map(
+                            functools.partial(model.generator, name),
+                            in_specs=(rep, dat),
+                            out_specs=dat,
+                        )
+                    ),
+                    "backward_remat": jax.jit(
+                        gen_map(
+                            functools.partial(_gen_backward_remat, model, name),
+                            in_specs=(rep,) + (dat,) * 3,
+                            out_specs=dat,
+                        )
+                    ),
+                },
+            )
+            for name in GENERATORS
+        }
+        self._translation_loss = {
+            judges: per_spec(
+                judges,
+                lambda: jax.jit(
+                    smap(
+                        functools.partial(_translation_part, model, hp, judges),
+                        in_specs=(rep,) * 3 + (dat,) * 2,
+                        out_specs=(rep, dat, rep),
+                    ),
+                    donate_argnums=(1,),
+                ),
+            )
+            for judges in (("disGB", "disLB"), ("disGA", "disLA"))
+        }
+        self._identity_loss = jax.jit(
+            smap(functools.partial(_identity_part, model, hp), in_specs=dat, out_specs=(rep, dat))
+        )
         self._gen_backward = jax.jit(gen_map(_gen_backward, in_specs=dat, out_specs=dat))
         self._d_update = jax.jit(
-            smap(functools.partial(_d_update, model, hp, with_grads),
-                 in_specs=(rep,) * 4 + (dat,) * 4, out_specs=rep), donate_argnums=(0, 1, 2))
+            smap(
+                functools.partial(_d_update, model, hp, with_grads),
+                in_specs=(rep,) * 4 + (dat,) * 4,
+                out_specs=rep,
+            ),
+            donate_argnums=(0, 1, 2),
+        )
         self._g_update = jax.jit(
-            smap(functools.partial(_g_update, model, hp, with_grads),
-                 in_specs=(rep, rep, rep, dat, rep), out_specs=rep), donate_argnums=(0, 1))
+            smap(
+                functools.partial(_g_update, model, hp, with_grads),
+                in_specs=(rep, rep, rep, dat, rep),
+                out_specs=rep,
+            ),
+            donate_argnums=(0, 1),
+        )
 
     def _forward(self, name: str, params: Tree, x: jax.Array):
         """(image, CAM logit, pullback): ``pullback(ct_image, ct_cam)`` -> (stacked parameter
@@ -419,16 +513,31 @@ class TrainStep:
         y, cam, vjp = programs["forward"](params, x)
         return y, cam, functools.partial(self._gen_backward, vjp)
 
-    def _translation(self, names: tuple[str, str], judges: tuple[str, str], gen: Tree, dis: Tree,
-                     spectral: Tree, face_state, real, fake, cam, pullback):
+    def _translation(
+        self,
+        names: tuple[str, str],
+        judges: tuple[str, str],
+        gen: Tree,
+        dis: Tree,
+        spectral: Tree,
+        face_state,
+        real,
+        fake,
+        cam,
+        pullback,
+    ):
         """The translation ``real -> fake`` (by ``names[0]``, whose ``pullback`` is given) and
         back to ``real``'s domain (by ``names[1]``): its G loss part and backward passes.
         Returns (metrics, new spectral states of ``judges``, partial gradients of both)."""
         back = names[1]
         cycle, cycle_cam, pullback_cycle = self._forward(back, gen[back], fake)
         metrics, (ct_fake, ct_cam, ct_cycle), new_spectral = self._translation_loss[judges](
-            tuple(dis[j] for j in judges), tuple(spectral[j] for j in judges), face_state, real,
-            (fake, cam, cycle))
+            tuple(dis[j] for j in judges),
+            tuple(spectral[j] for j in judges),
+            face_state,
+            real,
+            (fake, cam, cycle),
+        )
         # the cycle first: its input cotangent joins the fake's own
         grad_back, ct_from_cycle = pullback_cycle(ct_cycle, jnp.zeros_like(cycle_cam))
         grad_forward, _ = pullback(ct_fake + ct_from_cycle, ct_cam)
@@ -445,28 +554,57 @@ class TrainStep:
         A2B, cam_A2B, pullback_A2B = self._forward("genA2B", gen["genA2B"], real_A)
         B2A, cam_B2A, pullback_B2A = self._forward("genB2A", gen["genB2A"], real_B)
         dis, spectral, opt_d, d_metrics, d_grads = self._d_update(
-            state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, A2B, B2A)
+            state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, A2B, B2A
+        )
 
         # the G loss part by part; a pullback is dropped once used, which frees its residuals
         metrics_A, spectral_B, grads_A = self._translation(
-            ("genA2B", "genB2A"), ("disGB", "disLB"), gen, dis, spectral, face_state,
-            real_A, A2B, cam_A2B, pullback_A2B)
+            ("genA2B", "genB2A"),
+            ("disGB", "disLB"),
+            gen,
+            dis,
+            spectral,
+            face_state,
+            real_A,
+            A2B,
+            cam_A2B,
+            pullback_A2B,
+        )
         del pullback_A2B
         metrics_B, spectral_A, grads_B = self._translation(
-            ("genB2A", "genA2B"), ("disGA", "disLA"), gen, dis, spectral, face_state,
-            real_B, B2A, cam_B2A, pullback_B2A)
+            ("genB2A", "genA2B"),
+            ("disGA", "disLA"),
+            gen,
+            dis,
+            spectral,
+            face_state,
+            real_B,
+            B2A,
+            cam_B2A,
+            pullback_B2A,
+        )
         del pullback_B2A
         metrics_A2A, grad_A2A = self._identity("genB2A", gen["genB2A"], real_A)
         metrics_B2B, grad_B2B = self._identity("genA2B", gen["genA2B"], real_B)
         gen, opt_g, step, g_metrics, g_grads = self._g_update(
-            gen, state["opt_g"], state["step"],
-            {"genA2B": [grads_A["genA2B"], grads_B["genA2B"], grad_B2B],
-             "genB2A": [grads_B["genB2A"], grads_A["genB2A"], grad_A2A]},
-            [metrics_A, metrics_B, metrics_A2A, metrics_B2B])
+            gen,
+            state["opt_g"],
+            state["step"],
+            {
+                "genA2B": [grads_A["genA2B"], grads_B["genA2B"], grad_B2B],
+                "genB2A": [grads_B["genB2A"], grads_A["genB2A"], grad_A2A],
+            },
+            [metrics_A, metrics_B, metrics_A2A, metrics_B2B],
+        )
 
-        new_state = {"step": step, "gen": gen, "dis": dis,
-                     "spectral": {**spectral, **spectral_A, **spectral_B},
-                     "opt_g": opt_g, "opt_d": opt_d, "rng": state["rng"]}
+        new_state = {
+            "step": step,
+            "gen": gen,
+            "dis": dis,
+            "spectral": {**spectral, **spectral_A, **spectral_B},
+            "opt_g": opt_g,
+            "opt_d": opt_d,
+        }
         metrics = {**d_metrics, **g_metrics}
         if self.with_grads:
             metrics["grads"] = {"dis": d_grads, "gen": g_grads}
@@ -493,8 +631,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def put_replicated(tree, mesh: Mesh):
     """Place a host pytree (identical on every process) replicated on ``mesh``."""
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_callback(
-        np.shape(x), sharding, lambda idx, x=x: np.asarray(x)[idx]), tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(
+            np.shape(x), sharding, lambda idx, x=x: np.asarray(x)[idx]
+        ),
+        tree,
+    )
 
 
 def put_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:

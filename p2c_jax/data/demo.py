@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-SPLITS = ("trainA", "trainB", "testA", "testB")
+from preprocessing.splits import SPLITS
+
 _SEED = 20200405
 
 
@@ -38,7 +39,7 @@ def _random_view(photos: list[np.ndarray], rng: np.random.Generator, size: int) 
     h, w = photo.shape[:2]
     side = int(min(h, w) * rng.uniform(0.6, 1.0))
     top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    view = photo[top:top + side, left:left + side]
+    view = photo[top : top + side, left : left + side]
     if rng.random() < 0.5:
         view = view[:, ::-1]
     return cv2.resize(np.ascontiguousarray(view), (size, size), interpolation=cv2.INTER_AREA)
@@ -60,7 +61,9 @@ def cartoonize(rgb: np.ndarray, colors: int = 8) -> np.ndarray:
     smooth = rgb
     for _ in range(4):
         smooth = cv2.bilateralFilter(smooth, d=7, sigmaColor=40, sigmaSpace=5)
-    flat = np.asarray(Image.fromarray(smooth).quantize(colors, method=Image.Quantize.MEDIANCUT).convert("RGB"))
+    flat = np.asarray(
+        Image.fromarray(smooth).quantize(colors, method=Image.Quantize.MEDIANCUT).convert("RGB")
+    )
     gray = cv2.medianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 5)
     edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 9, 4)
     return np.where(edges[:, :, None] > 0, flat, flat // 4).astype(np.uint8)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import ml_dtypes
 import numpy as np
@@ -24,9 +25,15 @@ _LEGACY_PROTOCOL = 1001
 
 # torch's storage classes by name, as the pickles reference them
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 
@@ -84,13 +91,15 @@ class _Unpickler(pickle.Unpickler):
         try:
             return _GLOBALS[module, name]
         except KeyError:
-            raise TorchFileError(f"refused to unpickle {module}.{name}: only tensors and "
-                                 "containers are read") from None
+            raise TorchFileError(
+                f"refused to unpickle {module}.{name}: only tensors and containers are read"
+            ) from None
 
     def persistent_load(self, pid: tuple) -> _Storage:
         # zip: ('storage', type, key, location, numel); legacy adds view metadata
-        if not (isinstance(pid, tuple) and pid[:1] == ("storage",)
-                and isinstance(pid[1], _StorageType)):
+        if not (
+            isinstance(pid, tuple) and pid[:1] == ("storage",) and isinstance(pid[1], _StorageType)
+        ):
             raise TorchFileError(f"unknown persistent id {pid!r:.80}")
         key, dtype = str(pid[2]), pid[1].dtype
         self.storages[key] = dtype
@@ -102,7 +111,7 @@ def _build(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
     """``obj`` with every ``_Tensor`` replaced by an array of its own memory; ``storage(key)``
     is the flat array of a storage."""
     if isinstance(obj, _Tensor):
-        flat = storage(obj.storage.key)[obj.storage.offset + obj.offset:]
+        flat = storage(obj.storage.key)[obj.storage.offset + obj.offset :]
         size = int(np.prod(obj.shape))
         end = sum((n - 1) * s for n, s in zip(obj.shape, obj.stride)) + 1 if size else 0
         if end > flat.size:
@@ -132,8 +141,9 @@ def _read_zip(path: Path) -> Any:
 
         def storage(key: str) -> np.ndarray:
             if key not in cache:
-                cache[key] = np.frombuffer(archive.read(f"{prefix}data/{key}"),
-                                           unpickler.storages[key])
+                cache[key] = np.frombuffer(
+                    archive.read(f"{prefix}data/{key}"), unpickler.storages[key]
+                )
             return cache[key]
 
         return _build(obj, storage)
@@ -175,5 +185,5 @@ def read(path: str | Path) -> Any:
             return _read_legacy(f)
     except (TorchFileError, FileNotFoundError):
         raise
-    except Exception as e:  # a truncated or foreign file fails in many ways
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise TorchFileError(f"{type(e).__name__}: {e}") from None

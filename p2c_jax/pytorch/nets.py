@@ -29,8 +29,9 @@ class ConvBlock(nn.Module):
 
         def stage(cin: int, cout: int, k: int) -> nn.Sequential:
             pad = [nn.ReflectionPad2d(1)] if k == 3 else []
-            return nn.Sequential(nn.InstanceNorm2d(cin), nn.ReLU(), *pad,
-                                 nn.Conv2d(cin, cout, k, 1, bias=False))
+            return nn.Sequential(
+                nn.InstanceNorm2d(cin), nn.ReLU(), *pad, nn.Conv2d(cin, cout, k, 1, bias=False)
+            )
 
         self.ConvBlock1 = stage(dim_in, dim_out // 2, 3)
         self.ConvBlock2 = stage(dim_out // 2, dim_out // 4, 3)
@@ -51,7 +52,9 @@ class HourGlassBlock(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
         for name in self.NAMES:
-            setattr(self, f"ConvBlock{name}", ConvBlock(dim_in if name == "1_1" else dim_out, dim_out))
+            setattr(
+                self, f"ConvBlock{name}", ConvBlock(dim_in if name == "1_1" else dim_out, dim_out)
+            )
 
     def forward(self, x):
         skips, down = [], x
@@ -60,8 +63,9 @@ class HourGlassBlock(nn.Module):
             down = getattr(self, f"ConvBlock{level}_2")(F.avg_pool2d(down, 2))
         up = self.ConvBlock5(down)
         for name, skip in zip(("6", "7", "8", "9"), reversed(skips)):
-            up = skip + F.interpolate(getattr(self, f"ConvBlock{name}")(up), scale_factor=2,
-                                      mode="nearest")
+            up = skip + F.interpolate(
+                getattr(self, f"ConvBlock{name}")(up), scale_factor=2, mode="nearest"
+            )
         return up
 
 
@@ -69,9 +73,13 @@ class HourGlass(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, use_res: bool = True):
         super().__init__()
         self.use_res = use_res
-        self.HG = nn.Sequential(HourGlassBlock(dim_in, dim_out), ConvBlock(dim_out, dim_out),
-                                nn.Conv2d(dim_out, dim_out, 1, bias=False),
-                                nn.InstanceNorm2d(dim_out), nn.ReLU())
+        self.HG = nn.Sequential(
+            HourGlassBlock(dim_in, dim_out),
+            ConvBlock(dim_out, dim_out),
+            nn.Conv2d(dim_out, dim_out, 1, bias=False),
+            nn.InstanceNorm2d(dim_out),
+            nn.ReLU(),
+        )
         self.Conv1 = nn.Conv2d(dim_out, 3, 1)
         if use_res:
             self.Conv2 = nn.Conv2d(dim_out, dim_out, 1)
@@ -86,8 +94,9 @@ class HourGlass(nn.Module):
 def _lin_mix(x, rho):
     in_mean, in_var = x.mean(dim=[2, 3], keepdim=True), x.var(dim=[2, 3], keepdim=True)
     ln_mean, ln_var = x.mean(dim=[1, 2, 3], keepdim=True), x.var(dim=[1, 2, 3], keepdim=True)
-    return (rho * (x - in_mean) / torch.sqrt(in_var + EPS)
-            + (1 - rho) * (x - ln_mean) / torch.sqrt(ln_var + EPS))
+    return rho * (x - in_mean) / torch.sqrt(in_var + EPS) + (1 - rho) * (x - ln_mean) / torch.sqrt(
+        ln_var + EPS
+    )
 
 
 class adaLIN(nn.Module):  # noqa: N801
@@ -130,8 +139,13 @@ class SoftAdaLIN(nn.Module):
 class ResnetBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.conv_block = nn.Sequential(*_pad_conv(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(),
-                                        *_pad_conv(dim, dim, 3), nn.InstanceNorm2d(dim))
+        self.conv_block = nn.Sequential(
+            *_pad_conv(dim, dim, 3),
+            nn.InstanceNorm2d(dim),
+            nn.ReLU(),
+            *_pad_conv(dim, dim, 3),
+            nn.InstanceNorm2d(dim),
+        )
 
     def forward(self, x):
         return x + self.conv_block(x)
@@ -159,8 +173,12 @@ class ResnetGenerator(nn.Module):
         self.ConvBlock1 = nn.Sequential(*_pad_conv(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU())
         self.HourGlass1 = HourGlass(ngf, ngf)
         self.HourGlass2 = HourGlass(ngf, ngf)
-        self.DownBlock1 = nn.Sequential(*_pad_conv(ngf, ngf * 2, 3, 2), nn.InstanceNorm2d(ngf * 2), nn.ReLU())
-        self.DownBlock2 = nn.Sequential(*_pad_conv(ngf * 2, c, 3, 2), nn.InstanceNorm2d(c), nn.ReLU())
+        self.DownBlock1 = nn.Sequential(
+            *_pad_conv(ngf, ngf * 2, 3, 2), nn.InstanceNorm2d(ngf * 2), nn.ReLU()
+        )
+        self.DownBlock2 = nn.Sequential(
+            *_pad_conv(ngf * 2, c, 3, 2), nn.InstanceNorm2d(c), nn.ReLU()
+        )
         for i in range(1, 5):
             setattr(self, f"EncodeBlock{i}", ResnetBlock(c))
         self.gap_fc = nn.Linear(c, 1)
@@ -170,10 +188,12 @@ class ResnetGenerator(nn.Module):
         self.FC = nn.Sequential(nn.Linear(fc_in, c), nn.ReLU(), nn.Linear(c, c), nn.ReLU())
         for i in range(1, 5):
             setattr(self, f"DecodeBlock{i}", ResnetSoftAdaLINBlock(c))
-        self.UpBlock1 = nn.Sequential(nn.Upsample(scale_factor=2), *_pad_conv(c, ngf * 2, 3),
-                                      LIN(ngf * 2), nn.ReLU())
-        self.UpBlock2 = nn.Sequential(nn.Upsample(scale_factor=2), *_pad_conv(ngf * 2, ngf, 3),
-                                      LIN(ngf), nn.ReLU())
+        self.UpBlock1 = nn.Sequential(
+            nn.Upsample(scale_factor=2), *_pad_conv(c, ngf * 2, 3), LIN(ngf * 2), nn.ReLU()
+        )
+        self.UpBlock2 = nn.Sequential(
+            nn.Upsample(scale_factor=2), *_pad_conv(ngf * 2, ngf, 3), LIN(ngf), nn.ReLU()
+        )
         self.HourGlass3 = HourGlass(ngf, ngf)
         self.HourGlass4 = HourGlass(ngf, ngf, False)
         self.ConvBlock2 = nn.Sequential(*_pad_conv(3, 3, 7), nn.Tanh())
@@ -186,8 +206,13 @@ class ResnetGenerator(nn.Module):
             x = getattr(self, f"EncodeBlock{i}")(x)
             content.append(x.mean(dim=[2, 3]))
         cam_logit = torch.cat([self.gap_fc(x.mean(dim=[2, 3])), self.gmp_fc(x.amax(dim=[2, 3]))], 1)
-        x = torch.cat([x * self.gap_fc.weight[0][None, :, None, None],
-                       x * self.gmp_fc.weight[0][None, :, None, None]], 1)
+        x = torch.cat(
+            [
+                x * self.gap_fc.weight[0][None, :, None, None],
+                x * self.gmp_fc.weight[0][None, :, None, None],
+            ],
+            1,
+        )
         x = F.relu(self.conv1x1(x))
         heatmap = x.sum(dim=1, keepdim=True)
         style = self.FC(x.mean(dim=[2, 3]) if self.light else x.flatten(1))
@@ -203,11 +228,15 @@ class Discriminator(nn.Module):
         sn = nn.utils.spectral_norm
 
         def down(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.ReflectionPad2d(1), sn(nn.Conv2d(cin, cout, 4, stride, 0)), nn.LeakyReLU(0.2)]
+            return [
+                nn.ReflectionPad2d(1),
+                sn(nn.Conv2d(cin, cout, 4, stride, 0)),
+                nn.LeakyReLU(0.2),
+            ]
 
         model = down(input_nc, ndf, 2)
         for i in range(1, n_layers - 2):
-            model += down(ndf * 2 ** (i - 1), ndf * 2 ** i, 2)
+            model += down(ndf * 2 ** (i - 1), ndf * 2**i, 2)
         model += down(ndf * 2 ** (n_layers - 3), ndf * 2 ** (n_layers - 2), 1)
         c = ndf * 2 ** (n_layers - 2)
         self.gap_fc = sn(nn.Linear(c, 1, bias=False))
@@ -221,8 +250,13 @@ class Discriminator(nn.Module):
         x = self.model(x)
         cam_logit = torch.cat([self.gap_fc(x.mean(dim=[2, 3])), self.gmp_fc(x.amax(dim=[2, 3]))], 1)
         # the CAM weighting reads the raw weight_orig, as the original's parameters()[0] does
-        x = torch.cat([x * self.gap_fc.weight_orig[0][None, :, None, None],
-                       x * self.gmp_fc.weight_orig[0][None, :, None, None]], 1)
+        x = torch.cat(
+            [
+                x * self.gap_fc.weight_orig[0][None, :, None, None],
+                x * self.gmp_fc.weight_orig[0][None, :, None, None],
+            ],
+            1,
+        )
         x = F.leaky_relu(self.conv1x1(x), 0.2)
         heatmap = x.sum(dim=1, keepdim=True)
         return self.conv(self.pad(x)), cam_logit, heatmap
@@ -286,8 +320,18 @@ class MobileFaceNet(nn.Module):
         self.bn = nn.BatchNorm1d(embedding_size)
 
     def forward(self, x):
-        for name in ("conv1", "conv2_dw", "conv_23", "conv_3", "conv_34", "conv_4", "conv_45",
-                     "conv_5", "conv_6_sep", "conv_6_dw"):
+        for name in (
+            "conv1",
+            "conv2_dw",
+            "conv_23",
+            "conv_3",
+            "conv_34",
+            "conv_4",
+            "conv_45",
+            "conv_5",
+            "conv_6_sep",
+            "conv_6_dw",
+        ):
             x = getattr(self, name)(x)
         out = self.bn(self.linear(x.flatten(1)))
         return out / out.norm(dim=1, keepdim=True)
@@ -299,7 +343,7 @@ def face_crop_112(x: torch.Tensor) -> torch.Tensor:
     top = int(h / 2.1 * (0.8 - 0.33))
     bottom = int(h - h / 2.1 * 0.3)
     left = int(w / 2 - (bottom - top) / 2)
-    x = x[:, :, top:bottom, left:left + bottom - top]
+    x = x[:, :, top:bottom, left : left + bottom - top]
     return F.interpolate(x, size=[112, 112], mode="bilinear", align_corners=True)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from p2c_jax.models import NetSpec, abstract
+from p2c_jax.nn.models import NetSpec, abstract
 
 CHECKPOINTS = "checkpoints"
 NetWeights = dict[str, tuple[NetSpec, nnx.State]]
@@ -52,8 +52,10 @@ def tree_to_nets(tree: dict, config: dict, where: str = "") -> NetWeights:
                 node = np.reshape(node, ())  # Orbax stores scalars as [1]
             if node is None or tuple(np.shape(node)) != tuple(var.shape):
                 found = "missing" if node is None else f"shape {tuple(np.shape(node))}"
-                raise CheckpointError(f"{where}: {net}.{'.'.join(map(str, path))} is {found}, "
-                                      f"expected shape {tuple(var.shape)}")
+                raise CheckpointError(
+                    f"{where}: {net}.{'.'.join(map(str, path))} is {found}, "
+                    f"expected shape {tuple(var.shape)}"
+                )
             flat.append((path, var.replace(np.asarray(node, var.dtype))))
         out[net] = (spec, nnx.from_flat_state(flat))
     return out
@@ -66,8 +68,10 @@ def save_nets(directory: str | Path, weights: NetWeights) -> None:
         raise CheckpointError(f"{directory}: already exists; choose a new --dst")
     tree, config = nets_to_tree(weights)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(directory, ocp.args.Composite(nets=ocp.args.StandardSave(tree),
-                                                 config=ocp.args.JsonSave(config)))
+        ckptr.save(
+            directory,
+            ocp.args.Composite(nets=ocp.args.StandardSave(tree), config=ocp.args.JsonSave(config)),
+        )
 
 
 def resolve(directory: str | Path) -> Path:
@@ -76,12 +80,15 @@ def resolve(directory: str | Path) -> Path:
     if (d / "config").is_dir() and (d / "nets").is_dir():
         return d
     for root in (d / CHECKPOINTS, d):
-        steps = sorted((int(p.name), p) for p in root.glob("*")
-                       if p.name.isdigit() and (p / "nets").is_dir())
+        steps = sorted(
+            (int(p.name), p) for p in root.glob("*") if p.name.isdigit() and (p / "nets").is_dir()
+        )
         if steps:
             return steps[-1][1]
-    raise CheckpointError(f"{d}: not a p2c-jax checkpoint or training workdir "
-                          "(no config/ and nets/ items, no checkpoints/<step>/)")
+    raise CheckpointError(
+        f"{d}: not a p2c-jax checkpoint or training workdir "
+        "(no config/ and nets/ items, no checkpoints/<step>/)"
+    )
 
 
 def load_nets(directory: str | Path, nets: list[str] | None = None) -> NetWeights:
@@ -92,8 +99,9 @@ def load_nets(directory: str | Path, nets: list[str] | None = None) -> NetWeight
         if nets is not None:
             absent = [n for n in nets if n not in config]
             if absent:
-                raise CheckpointError(f"{path}: has no {', '.join(absent)} "
-                                      f"(it holds {', '.join(config)})")
+                raise CheckpointError(
+                    f"{path}: has no {', '.join(absent)} (it holds {', '.join(config)})"
+                )
             config = {n: config[n] for n in nets}
         tree = ckptr.restore(path, ocp.args.Composite(nets=ocp.args.StandardRestore())).nets
     return tree_to_nets(tree, config, str(path))

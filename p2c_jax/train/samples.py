@@ -37,8 +37,15 @@ def denorm(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float32) * np.float32(0.5) + np.float32(0.5)
 
 
-def sample_column(real: np.ndarray, fake_heat_aa: np.ndarray, fake_aa: np.ndarray, heat_ab: np.ndarray,
-                  fake_ab: np.ndarray, heat_aba: np.ndarray, fake_aba: np.ndarray) -> np.ndarray:
+def sample_column(
+    real: np.ndarray,
+    fake_heat_aa: np.ndarray,
+    fake_aa: np.ndarray,
+    heat_ab: np.ndarray,
+    fake_ab: np.ndarray,
+    heat_aba: np.ndarray,
+    fake_aba: np.ndarray,
+) -> np.ndarray:
     """One sample's column, RGB float [7 * S, S, 3] in [0, 1] (up to generator overshoot).
 
     Images are [S, S, 3] in [-1, 1]; heatmaps [h, w, 1] (or [h, w]) at any resolution.

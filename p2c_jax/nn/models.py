@@ -12,14 +12,15 @@ from typing import Literal
 
 from flax import nnx
 
-from p2c_jax.discriminator import Discriminator
-from p2c_jax.generator import ResnetGenerator
-from p2c_jax.mobilefacenet import MobileFaceNet
+from p2c_jax.nn.discriminator import Discriminator
+from p2c_jax.nn.generator import ResnetGenerator
+from p2c_jax.nn.mobilefacenet import MobileFaceNet
 
 Kind = Literal["generator", "discriminator", "mobilefacenet"]
 GENERATORS = ("genA2B", "genB2A")
 DISCRIMINATORS = ("disGA", "disGB", "disLA", "disLB")
 TRAINING_NETS = GENERATORS + DISCRIMINATORS
+FACENET = "facenet"  # the Face-ID loss's MobileFaceNet, in checkpoints and conversion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,15 @@ class NetSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "NetSpec":
+    def from_json(cls, d: dict) -> NetSpec:
         return cls(**d)
+
+    def weights_fit(self, other: NetSpec) -> bool:
+        """Whether weights of ``other`` fit this net: equal specs, or light generators of one
+        ngf at any img_size (their FC layers do not depend on it)."""
+        if self.kind == other.kind == "generator" and self.light and other.light:
+            return self.ch == other.ch
+        return self == other
 
 
 def build(spec: NetSpec, rngs: nnx.Rngs | None = None) -> nnx.Module:
@@ -62,8 +70,11 @@ def abstract(spec: NetSpec) -> nnx.Module:
 def training_specs(ch: int, img_size: int, light: bool) -> dict[str, NetSpec]:
     """The six nets the original trainer builds for ``--ch --img_size --light``."""
     gen = NetSpec("generator", ch, img_size=img_size, light=light)
-    return {"genA2B": gen, "genB2A": gen,
-            "disGA": NetSpec("discriminator", ch, n_layers=7),
-            "disGB": NetSpec("discriminator", ch, n_layers=7),
-            "disLA": NetSpec("discriminator", ch, n_layers=5),
-            "disLB": NetSpec("discriminator", ch, n_layers=5)}
+    return {
+        "genA2B": gen,
+        "genB2A": gen,
+        "disGA": NetSpec("discriminator", ch, n_layers=7),
+        "disGB": NetSpec("discriminator", ch, n_layers=7),
+        "disLA": NetSpec("discriminator", ch, n_layers=5),
+        "disLB": NetSpec("discriminator", ch, n_layers=5),
+    }

@@ -8,28 +8,25 @@ Two original formats are read and written:
   disGB, disLA, disLB;
 - InsightFace's ``model_mobilefacenet.pth``: a bare MobileFaceNet state_dict (net ``facenet``).
 
-CLI: ``python convert_weights.py --src SRC --dst DST`` (either direction, by SRC's type).
+The command line is ``p2c_jax.cli.convert`` (``convert_weights.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
-from p2c_jax import checkpoint, torch_file
-from p2c_jax.checkpoint import CheckpointError, NetWeights
-from p2c_jax.models import TRAINING_NETS, NetSpec, abstract
-
-FACENET = "facenet"
-
+from p2c_jax.nn.models import FACENET, TRAINING_NETS, NetSpec, abstract
+from p2c_jax.weights import checkpoint, torch_file
+from p2c_jax.weights.checkpoint import CheckpointError, NetWeights
 
 # --- layout rules: our array <-> torch tensor, by parameter name ------------------------------
+
 
 def _matrix_to_torch(a: np.ndarray) -> np.ndarray:
     """Conv HWIO -> OIHW; linear [in, out] -> [out, in]; vectors unchanged."""
@@ -62,10 +59,6 @@ def torch_key(path: tuple) -> str:
     return ".".join(map(str, path))
 
 
-def state_path(key: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
-
-
 def to_torch_array(path: tuple, a: np.ndarray) -> np.ndarray:
     return LAYOUTS.get(path[-1], _IDENTITY)[0](np.asarray(a))
 
@@ -76,6 +69,7 @@ def from_torch_array(path: tuple, t: np.ndarray) -> np.ndarray:
 
 # --- reading a spec off a state_dict ----------------------------------------------------------
 
+
 def spec_from_state_dict(net: str, sd: Mapping[str, np.ndarray]) -> NetSpec:
     """Kind and hyper-parameters (ngf, light, img_size / ndf, n_layers / embedding size)."""
     if "ConvBlock1.1.weight" in sd and "FC.0.weight" in sd:
@@ -85,16 +79,20 @@ def spec_from_state_dict(net: str, sd: Mapping[str, np.ndarray]) -> NetSpec:
             return NetSpec("generator", ngf, light=True)
         side = math.isqrt(fc_in // (4 * ngf))
         if side * side * 4 * ngf != fc_in:
-            raise CheckpointError(f"{net}: FC.0.weight {tuple(sd['FC.0.weight'].shape)} fits no "
-                                  f"img_size for ngf={ngf}")
+            raise CheckpointError(
+                f"{net}: FC.0.weight {tuple(sd['FC.0.weight'].shape)} fits no "
+                f"img_size for ngf={ngf}"
+            )
         return NetSpec("generator", ngf, img_size=4 * side, light=False)
     if "model.1.weight_orig" in sd:
         n_convs = sum(1 for k in sd if k.startswith("model.") and k.endswith(".weight_orig"))
         return NetSpec("discriminator", sd["model.1.weight_orig"].shape[0], n_layers=n_convs + 1)
     if "conv_6_dw.conv.weight" in sd and "linear.weight" in sd:
         return NetSpec("mobilefacenet", sd["linear.weight"].shape[0])
-    raise CheckpointError(f"{net}: not a photo2cartoon generator, discriminator or MobileFaceNet "
-                          f"state_dict (first keys: {list(sd)[:3]})")
+    raise CheckpointError(
+        f"{net}: not a photo2cartoon generator, discriminator or MobileFaceNet "
+        f"state_dict (first keys: {list(sd)[:3]})"
+    )
 
 
 def expected_layout(spec: NetSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -107,37 +105,61 @@ def expected_layout(spec: NetSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]
     return out
 
 
-def _problems(net: str, spec: NetSpec, sd: Mapping[str, np.ndarray]) -> list[str]:
+def _problems(net: str, spec: NetSpec, sd: Mapping[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """(problems that make ``sd`` unusable, notes on floating-point dtypes that are converted)."""
     expected = expected_layout(spec)
-    problems = [f"{net}: missing key {k} (expected shape {s})"
-                for k, (s, _) in expected.items() if k not in sd]
+    problems = [
+        f"{net}: missing key {k} (expected shape {s})"
+        for k, (s, _) in expected.items()
+        if k not in sd
+    ]
     problems += [f"{net}: unexpected key {k}" for k in sd if k not in expected]
-    problems += [f"{net}: {k} has shape {tuple(sd[k].shape)}, expected {s}"
-                 for k, (s, _) in expected.items() if k in sd and tuple(sd[k].shape) != s]
-    return problems
+    present = [(k, s, d) for k, (s, d) in expected.items() if k in sd]
+    problems += [
+        f"{net}: {k} has shape {tuple(sd[k].shape)}, expected {s}"
+        for k, s, _ in present
+        if tuple(sd[k].shape) != s
+    ]
+    notes = []
+    for k, _, d in present:
+        found = np.asarray(sd[k]).dtype
+        if found == d:
+            continue
+        if np.issubdtype(found, np.floating) == np.issubdtype(d, np.floating):
+            notes.append(f"{net}: {k} is {found}, converted to {np.dtype(d)}")
+        else:
+            problems.append(f"{net}: {k} has dtype {found}, expected {np.dtype(d)}")
+    return problems, notes
 
 
 def state_from_torch(spec: NetSpec, sd: Mapping[str, np.ndarray]) -> nnx.State:
     """Our state for ``spec`` from a checked torch state_dict (numpy arrays)."""
-    flat = [(path, var.replace(from_torch_array(path, sd[torch_key(path)]).astype(var.dtype)))
-            for path, var in nnx.to_flat_state(nnx.state(abstract(spec)))]
+    flat = [
+        (path, var.replace(from_torch_array(path, sd[torch_key(path)]).astype(var.dtype)))
+        for path, var in nnx.to_flat_state(nnx.state(abstract(spec)))
+    ]
     return nnx.from_flat_state(flat)
 
 
 def state_to_torch(state: nnx.State) -> dict[str, np.ndarray]:
     """torch key -> numpy array in torch's layout and dtype."""
-    return {torch_key(path): to_torch_array(path, np.asarray(var[...]))
-            for path, var in nnx.to_flat_state(state)}
+    return {
+        torch_key(path): to_torch_array(path, np.asarray(var[...]))
+        for path, var in nnx.to_flat_state(state)
+    }
 
 
 # --- .pt / .pth files ------------------------------------------------------------------------
 
+
 def _torch():
+    """torch, or a CheckpointError naming the extra that brings it."""
     try:
-        import torch
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise CheckpointError("writing PyTorch checkpoints needs torch: "
-                              "pip install 'p2c-jax[torch]'") from e
+        import p2c_jax.pytorch  # noqa: F401 - raises the one message naming the extra
+    except ImportError as e:
+        raise CheckpointError(f"writing a .pt file: {e}") from None
+    import torch
+
     return torch
 
 
@@ -151,19 +173,24 @@ def read_torch_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     except torch_file.TorchFileError as e:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({e})") from None
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint of state_dicts "
-                              f"(holds {type(obj).__name__})")
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint of state_dicts (holds {type(obj).__name__})"
+        )
     if all(isinstance(v, np.ndarray) for v in obj.values()):
         return {FACENET: dict(obj)}
-    bad = [k for k, v in obj.items()
-           if not (isinstance(v, Mapping) and all(isinstance(t, np.ndarray) for t in v.values()))]
+    bad = [
+        k
+        for k, v in obj.items()
+        if not (isinstance(v, Mapping) and all(isinstance(t, np.ndarray) for t in v.values()))
+    ]
     if bad:
         raise CheckpointError(f"{path}: entries {bad} are not state_dicts")
     return {net: dict(sd) for net, sd in obj.items()}
 
 
-def load_torch(path: str | Path, nets: list[str] | None = None, *,
-               log: Callable[[str], None] | None = None) -> NetWeights:
+def load_torch(
+    path: str | Path, nets: list[str] | None = None, *, log: Callable[[str], None] | None = None
+) -> NetWeights:
     """Our weights for every net (or ``nets``) in an original checkpoint, all checked first.
 
     Raises ``CheckpointError`` listing every missing key, unexpected key and shape mismatch.
@@ -177,28 +204,41 @@ def load_torch(path: str | Path, nets: list[str] | None = None, *,
     unknown = [n for n in raw if n not in TRAINING_NETS and n != FACENET]
     if unknown:
         raise CheckpointError(f"{path}: unknown nets {unknown}; expected some of {TRAINING_NETS}")
-    specs, problems = {}, []
+    specs, problems, notes = {}, [], []
     for net, sd in raw.items():
         try:
             specs[net] = spec_from_state_dict(net, sd)
         except CheckpointError as e:
             problems.append(str(e))
             continue
-        problems += _problems(net, specs[net], sd)
+        net_problems, net_notes = _problems(net, specs[net], sd)
+        problems, notes = problems + net_problems, notes + net_notes
     if problems:
-        raise CheckpointError(f"{path}: does not fit the photo2cartoon networks:\n  "
-                              + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{path}: does not fit the photo2cartoon networks:\n  " + "\n  ".join(problems)
+        )
+    if notes:
+        kinds = sorted({n.split(" is ")[1] for n in notes})
+        warnings.warn(
+            f"{path}: {len(notes)} tensors converted ({'; '.join(kinds)}), e.g. {notes[0]}",
+            stacklevel=2,
+        )
     if log is not None and FACENET not in raw:
         missing = [n for n in TRAINING_NETS if n not in raw]
-        log(f"{path}: found {', '.join(raw)}" + (f"; missing {', '.join(missing)}" if missing else ""))
+        log(
+            f"{path}: found {', '.join(raw)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+        )
     return {net: (specs[net], state_from_torch(specs[net], sd)) for net, sd in raw.items()}
 
 
 def save_torch(path: str | Path, weights: NetWeights) -> None:
     """Write what the original loads: a bare state_dict for ``facenet``, else ``{net: state_dict}``."""
     torch = _torch()
-    sds = {net: {k: torch.from_numpy(np.array(a, order="C")) for k, a in state_to_torch(st).items()}
-           for net, (_, st) in weights.items()}
+    sds = {
+        net: {k: torch.from_numpy(np.array(a, order="C")) for k, a in state_to_torch(st).items()}
+        for net, (_, st) in weights.items()
+    }
     obj = sds[FACENET] if set(sds) == {FACENET} else sds
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -206,35 +246,10 @@ def save_torch(path: str | Path, weights: NetWeights) -> None:
     tmp.replace(path)
 
 
-def load_any(path: str | Path, nets: list[str] | None = None, *,
-             log: Callable[[str], None] | None = None) -> NetWeights:
+def load_any(
+    path: str | Path, nets: list[str] | None = None, *, log: Callable[[str], None] | None = None
+) -> NetWeights:
     """Weights from an original ``.pt``/``.pth`` file or from our checkpoint directory."""
     if Path(path).is_dir():
         return checkpoint.load_nets(path, nets)
     return load_torch(path, nets, log=log)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``convert_weights.py --src SRC --dst DST``: .pt/.pth -> our checkpoint dir, or back."""
-    p = argparse.ArgumentParser(prog="convert_weights.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--src", required=True,
-                   help="an original photo2cartoon_weights.pt / model_mobilefacenet.pth, or our "
-                        "checkpoint directory (a training --workdir means its latest checkpoint)")
-    p.add_argument("--dst", required=True, help="our checkpoint directory, or a .pt/.pth file")
-    args = p.parse_args(argv)
-    src, dst = Path(args.src), Path(args.dst)
-    try:
-        if src.is_dir():
-            if dst.suffix not in (".pt", ".pth"):
-                raise CheckpointError(f"--dst {dst}: exporting a checkpoint directory writes a "
-                                      ".pt or .pth file")
-            weights = checkpoint.load_nets(src)
-            save_torch(dst, weights)
-        else:
-            weights = load_torch(src, log=print)
-            checkpoint.save_nets(dst, weights)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {dst}: {', '.join(f'{n} ({s.kind})' for n, (s, _) in weights.items())}")
-    return 0

@@ -1,0 +1,1 @@
+"""Command-line entry points (console scripts p2c-train, p2c-infer, p2c-convert)."""

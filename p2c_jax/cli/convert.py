@@ -1,0 +1,54 @@
+"""Convert photo2cartoon weights: ``p2c-convert --src SRC --dst DST``.
+
+SRC a ``.pt``/``.pth`` (photo2cartoon_weights.pt or model_mobilefacenet.pth) writes our
+checkpoint directory at DST; SRC our checkpoint directory (or a training workdir) writes a
+``.pt``/``.pth`` that the original PyTorch code loads with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2c-convert", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--src",
+        required=True,
+        help="an original photo2cartoon_weights.pt / model_mobilefacenet.pth, or our "
+        "checkpoint directory (a training --workdir means its latest checkpoint)",
+    )
+    p.add_argument("--dst", required=True, help="our checkpoint directory, or a .pt/.pth file")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from p2c_jax.weights import checkpoint
+    from p2c_jax.weights.checkpoint import CheckpointError
+    from p2c_jax.weights.convert import load_torch, save_torch
+
+    src, dst = Path(args.src), Path(args.dst)
+    try:
+        if src.is_dir():
+            if dst.suffix not in (".pt", ".pth"):
+                raise CheckpointError(
+                    f"--dst {dst}: exporting a checkpoint directory writes a .pt or .pth file"
+                )
+            weights = checkpoint.load_nets(src)
+            save_torch(dst, weights)
+        else:
+            weights = load_torch(src, log=print)
+            checkpoint.save_nets(dst, weights)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {dst}: {', '.join(f'{n} ({s.kind})' for n, (s, _) in weights.items())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

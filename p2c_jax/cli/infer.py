@@ -1,0 +1,119 @@
+"""Photos -> cartoons: ``p2c-infer INPUTS... --output DIR --weights WEIGHTS``.
+
+Exit status: 0 when every input was done, 1 when some failed, 2 when none could be done or the
+weights (or a preprocessing backend) are unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+
+NET = "genA2B"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from preprocessing.flags import add_backend_flags
+
+    p = argparse.ArgumentParser(prog="p2c-infer", description=__doc__.split("\n")[0])
+    p.add_argument("inputs", nargs="+", help="photo files, folders (recursive) or globs")
+    p.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="output folder: NAME.png per input (relative names kept), report.jsonl",
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
+        "training workdir (its latest step)",
+    )
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="images per forward pass, rounded up to a multiple of the device count "
+        "(default: 8 per accelerator, 1 per CPU device)",
+    )
+    p.add_argument(
+        "--no_preprocess",
+        action="store_true",
+        help="inputs are aligned faces: only resized to 256 (INTER_AREA), no mask",
+    )
+    p.add_argument(
+        "--side_by_side",
+        action="store_true",
+        help="write the face the generator saw and its cartoon side by side",
+    )
+    p.add_argument(
+        "--compare_torch",
+        action="store_true",
+        help="also run our PyTorch port; report max |diff| and PSNR per image and overall",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="decoding/preprocessing threads",
+    )
+    add_backend_flags(p)
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    add_compile_cache_flag(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    use_compile_cache(args.compile_cache)
+    from p2c_jax import cartoonize
+    from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
+    from p2c_jax.weights.checkpoint import CheckpointError
+    from preprocessing.flags import preprocessor_from_flags
+    from preprocessing.io import discover
+
+    output = Path(args.output).absolute()
+    items = [(p, rel) for p, rel in discover(args.inputs) if output not in p.absolute().parents]
+    try:
+        generator = BatchedGenerator(
+            load_generator(args.weights, NET), args.batch_size or default_batch_size()
+        )
+        reference = cartoonize.torch_twin(generator) if args.compare_torch else None
+    except CheckpointError as e:
+        print(f"error: unusable weights: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"error: --compare_torch: {e}", file=sys.stderr)
+        return 2
+    make = None if args.no_preprocess else partial(preprocessor_from_flags, args)
+    try:
+        prepare = cartoonize.Preparer(make, generator.size)
+    except Exception as e:  # noqa: BLE001 - a missing backend or model file
+        print(
+            f"error: preprocessing backend unusable ({type(e).__name__}: {e}); install "
+            "pip install -e '.[preprocess]' or use --no_preprocess for aligned faces",
+            file=sys.stderr,
+        )
+        return 2
+    summary, diff = cartoonize.run(
+        items,
+        output,
+        generator,
+        prepare,
+        side_by_side=args.side_by_side,
+        reference=reference,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(summary.line() + (f"; {diff.line()}" if diff and diff.pixels else ""), file=sys.stderr)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

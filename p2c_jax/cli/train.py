@@ -1,0 +1,75 @@
+"""Train photo2cartoon: ``p2c-train --dataset NAME_OR_PATH [flags]``.
+
+The original's flags, names and defaults, so old command lines keep working, plus ours (every
+field of ``p2c_jax.train.config.Config``) and the multi-host flags. ``--batch_size`` is the
+global batch, split over every device of every host. Try
+``p2c-train --dataset demo --img_size 96 --ch 8 --iteration 200 --faceid_weight 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from p2c_jax.cli.common import str2bool
+from p2c_jax.train import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p2c-train", description=__doc__.split("\n")[0])
+    config.add_flags(p, str2bool)
+    # the original's flags that have nothing left to set
+    p.add_argument("--phase", default="train", help="train (test: use infer.py)")
+    p.add_argument(
+        "--n_dis",
+        type=int,
+        default=6,
+        help="accepted and unused, as in the original (its discriminators have 7 and 5 layers)",
+    )
+    p.add_argument("--img_ch", type=int, default=3, help="accepted; images are RGB")
+    p.add_argument(
+        "--gpu_ids",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="not needed: every local device (and every host) is used",
+    )
+    p.add_argument(
+        "--benchmark_flag",
+        type=str2bool,
+        default=False,
+        help="not needed: XLA picks its convolution algorithms when compiling",
+    )
+    # several hosts
+    p.add_argument(
+        "--coordinator_address",
+        default=None,
+        help="multi-host: host:port of process 0 (else read from the environment)",
+    )
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.phase != "train":
+        print(
+            "error: --phase test is infer.py's job: python infer.py --weights WORKDIR ...",
+            file=sys.stderr,
+        )
+        return 2
+    from p2c_jax.train import loop
+
+    loop.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+        loop.train(config.from_args(args))
+    except loop.TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

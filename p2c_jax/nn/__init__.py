@@ -1,0 +1,1 @@
+"""The networks: torch-named layers, the generator, the discriminators, MobileFaceNet."""

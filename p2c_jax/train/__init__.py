@@ -1,0 +1,1 @@
+"""Training: configuration, losses, the step over the device mesh, the loop."""

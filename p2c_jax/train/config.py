@@ -1,0 +1,116 @@
+"""The training configuration: one dataclass tree, from which ``train.py``'s flags are made.
+
+``Hparams`` holds what enters the compiled step (the original's loss weights, lr schedule,
+clippers, Adam); ``Config`` holds it plus what the loop needs (data, nets, workdir, saving,
+logging). Every field is a flag of the same name, with the original's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+
+def flag(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
+    """A dataclass field that is also a command-line flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Hparams:
+    """The original's training flags that enter the step (same names, same defaults)."""
+
+    lr: float = flag(1e-4, "learning rate")
+    iteration: int = flag(1_000_000, "number of training steps")
+    decay_flag: bool = flag(True, "linear lr decay over the second half")
+    adv_weight: float = flag(1.0, "weight of the GAN losses")
+    cycle_weight: float = flag(50.0, "weight of the cycle L1 loss")
+    identity_weight: float = flag(10.0, "weight of the identity L1 loss")
+    cam_weight: float = flag(1000.0, "weight of the CAM losses")
+    faceid_weight: float = flag(1.0, "weight of the Face-ID loss (0: off)")
+    rho_clipper: float = flag(1.0, "rho of adaLIN / LIN is clipped to [0, this]")
+    w_clipper: float = flag(1.0, "w_gamma / w_beta of Soft-AdaLIN are clipped to [0, this]")
+    weight_decay: float = flag(1e-4, "Adam's L2 weight decay (torch's, added to the gradient)")
+    beta1: float = flag(0.5, "Adam's beta1")
+    beta2: float = flag(0.999, "Adam's beta2")
+    eps: float = flag(1e-8, "Adam's eps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs."""
+
+    dataset: str = flag(
+        "photo2cartoon", "a name under ./dataset/ (trainA trainB testA testB), a path, or 'demo'"
+    )
+    workdir: str = flag(
+        "",
+        "checkpoints, TensorBoard logs and sample grids (default: the "
+        "original's ./experiment/train-size..-ch..-... folder)",
+    )
+    batch_size: int = flag(1, "global batch size (all devices and hosts)")
+    print_freq: int = flag(1000, "sample grids every N steps")
+    save_freq: int = flag(1000, "checkpoint every N steps")
+    ch: int = flag(32, "base channel number")
+    img_size: int = flag(256, "image size")
+    light: bool = flag(True, "light (true) or full U-GAT-IT generator")
+    resume: bool = flag(False, "continue from --workdir's latest checkpoint")
+    pretrained_weights: str = flag(
+        "", "initial weights: the original photo2cartoon_weights.pt (six nets) or our checkpoint"
+    )
+    faceid_weights: str = flag(
+        "", "model_mobilefacenet.pth (InsightFace) or our checkpoint holding it"
+    )
+    seed: int = flag(0, "initial weights and data order")
+    augment: bool = flag(True, "random flip and crop, as the original")
+    keep: int = flag(3, "checkpoints to keep")
+    log_every: int = flag(10, "losses to the progress bar and TensorBoard every N steps")
+    remat: bool = flag(
+        False,
+        "recompute the generators' whole forward pass in the backward "
+        "pass (by default only their convolutions' outputs are kept): "
+        "less memory, slower",
+    )
+    progress: bool = flag(True, "show a progress bar")
+    hparams: Hparams = dataclasses.field(default_factory=Hparams)
+
+    @classmethod
+    def flat(cls, **kw: Any) -> Config:
+        """A config from flat keywords (flag names), the step's among them."""
+        step_names = {f.name for f in dataclasses.fields(Hparams)}
+        hp = Hparams(**{k: v for k, v in kw.items() if k in step_names})
+        return cls(**{k: v for k, v in kw.items() if k not in step_names}, hparams=hp)
+
+    def run_dir(self) -> str:
+        """``workdir``, else the original's experiment folder name for these settings."""
+        if self.workdir:
+            return self.workdir
+        hp = self.hparams
+        return (
+            f"./experiment/train-size{self.img_size}-ch{self.ch}-{self.light}-lr{hp.lr}"
+            f"-adv{hp.adv_weight}-cyc{hp.cycle_weight}-id{hp.faceid_weight}"
+            f"-identity{hp.identity_weight}-cam{hp.cam_weight}"
+        )
+
+
+def _leaf_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls``, nested dataclasses' fields in place of the nested field."""
+    out = []
+    for f in dataclasses.fields(cls):
+        nested = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+        out += _leaf_fields(nested) if nested else [f]
+    return out
+
+
+def add_flags(p: argparse.ArgumentParser, str2bool) -> None:
+    """One ``--name`` per leaf field of ``Config``, typed and defaulted as the field."""
+    for f in _leaf_fields(Config):
+        kind = {"bool": str2bool, "int": int, "float": float, "str": str}[f.type]
+        p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f.metadata["help"])
+
+
+def from_args(args: argparse.Namespace) -> Config:
+    """The config of parsed ``add_flags`` flags (other attributes ignored)."""
+    names = {f.name for f in _leaf_fields(Config)}
+    return Config.flat(**{k: v for k, v in vars(args).items() if k in names})

@@ -1,0 +1,122 @@
+"""The per-input report of a folder job (preprocessing, inference): ``report.jsonl`` and a summary.
+
+Each finished input is appended to the report at once, so a crash loses nothing already done;
+a re-run reads it back to skip inputs whose outputs exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import ImageError
+
+REPORT_NAME = "report.jsonl"
+
+
+def reason_of(exc: BaseException) -> str:
+    """The reason an input failed, as the report states it."""
+    return str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Summary:
+    """Counts and failure reasons of one run; ``line()`` is what the command prints."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every input done; 1: some failed; 2: none done."""
+        if self.done + self.skipped == 0:
+            return 2
+        return int(self.failed > 0)
+
+    def add(self, other: Summary) -> None:
+        self.done, self.skipped = self.done + other.done, self.skipped + other.skipped
+        self.failed += other.failed
+        self.reasons.update(other.reasons)
+
+    def line(self) -> str:
+        total = self.done + self.skipped + self.failed
+        text = f"{total} inputs: {self.done + self.skipped} done"
+        if self.skipped:
+            text += f" ({self.skipped} already)"
+        text += f", {self.failed} failed"
+        if self.reasons:
+            text += " [" + ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common()) + "]"
+        return text
+
+
+class Report:
+    """``report.jsonl`` in ``folder``: one JSON line per input, appended as each finishes.
+
+    With ``resume`` it keeps the last record of each input from a previous run (``previous``,
+    rewritten with those alone so the file does not grow across re-runs); else it starts empty.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
+        self.path = Path(folder) / name
+        self.previous = _read(self.path) if resume else {}
+        self.summary = Summary()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        for rec in self.previous.values():
+            self._write(rec)
+
+    def _write(self, rec: dict) -> None:
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+
+    def done(self, name: str, path: str | os.PathLike, outputs: list[str], **extra) -> None:
+        self.summary.done += 1
+        self._write(
+            {"name": name, "input": str(path), "status": "done", "outputs": outputs, **extra}
+        )
+
+    def skipped(self, name: str, path: str | os.PathLike, outputs: list[str]) -> None:
+        self.summary.skipped += 1
+        self._write({"name": name, "input": str(path), "status": "skipped", "outputs": outputs})
+
+    def failed(self, name: str, path: str | os.PathLike, exc: BaseException) -> None:
+        reason = reason_of(exc)
+        self.summary.failed += 1
+        self.summary.reasons[reason.split(" (")[0]] += 1
+        self._write({"name": name, "input": str(path), "status": "failed", "reason": reason})
+
+    def already_done(self, name: str) -> list[str] | None:
+        """The outputs of ``name`` from a previous run, when they all still exist."""
+        rec = self.previous.get(name)
+        if not (rec and rec.get("status") in ("done", "skipped") and rec.get("outputs")):
+            return None
+        outputs = rec["outputs"]
+        return outputs if all((self.path.parent / o).is_file() for o in outputs) else None
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Report:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read(path: Path) -> dict[str, dict]:
+    """The last record of each input in an existing report (unreadable lines ignored)."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            records[rec["name"]] = rec
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
