@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import torch
 
-from p2c_jax.nn.layers import _conv, conv2d
+from p2c_jax.nn.layers import conv2d
+from p2c_jax.nn.precision import conv as _conv
 
 # (height = width of the output, C_in, C_out, kernel, stride, zero padding): the generator's
 # convolutions at ngf 32 and 256 x 256 (reflection pads are applied before them, so padding 0)

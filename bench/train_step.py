@@ -46,7 +46,7 @@ def run_jax(args, remat: bool) -> dict:
     mesh = ts.make_mesh(jax.devices()[:1])
     state = ts.put_replicated(model.init_state(ts.fresh_nets(specs, 0), hp), mesh)
     face_state = ts.put_replicated(face.state, mesh)
-    step = ts.TrainStep(model, hp, mesh, remat=remat)
+    step = ts.make_step(model, hp, mesh, remat=remat)
     rng = np.random.default_rng(0)
     shape = (1, args.img_size, args.img_size, 3)
 

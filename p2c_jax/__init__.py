@@ -16,6 +16,7 @@ _API = {
     "CompiledNet": "p2c_jax.inference",
     "load_generator": "p2c_jax.inference",
     "load_face_embedder": "p2c_jax.inference",
+    "load_exported": "p2c_jax.export",
 }
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "CompiledNet",
     "NetSpec",
     "build",
+    "load_exported",
     "load_face_embedder",
     "load_generator",
 ]

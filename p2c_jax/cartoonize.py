@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -104,6 +105,53 @@ def output_names(names: Iterable[str]) -> dict[str, str]:
     return {n: s + ".png" for n, s in output_stems(list(names)).items()}
 
 
+def run_pipelined(
+    items: Iterable[tuple[Path, str]],
+    prepare: Callable[[Path], Any],
+    generator: BatchedGenerator,
+    *,
+    workers: int,
+    expand: Callable[[Path, str, Any], list[tuple[Any, np.ndarray]]],
+    collect: Callable[[list, jax.Array], None],
+    failed: Callable[[Path, str, BaseException], None],
+) -> None:
+    """Inputs through ``prepare`` in a thread pool, their generator inputs through the device.
+
+    ``expand(path, rel, prepared)`` gives an input's (key, x) pairs (one per face); they are
+    batched in input order, and ``collect(keys, images)`` runs for each batch while the next one
+    computes. An input whose ``prepare`` raised goes to ``failed``; the run goes on. At most
+    ``2 * batch_size + workers`` inputs are prepared ahead of the device.
+    """
+    size = generator.batch_size
+    window = 2 * size + workers
+    pending: deque[tuple[Path, str, Future]] = deque()
+    todo = iter(items)
+    queue: list[tuple[Any, np.ndarray]] = []
+    in_flight: tuple[list, jax.Array] | None = None
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        while True:
+            while len(pending) < window and (item := next(todo, None)) is not None:
+                pending.append((*item, pool.submit(prepare, item[0])))
+            if pending:
+                path, rel, future = pending.popleft()
+                try:
+                    prepared = future.result()
+                except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+                    failed(path, rel, exc)
+                else:
+                    queue.extend(expand(path, rel, prepared))
+            while len(queue) >= size or (queue and not pending):
+                batch, queue = queue[:size], queue[size:]
+                y = generator.dispatch(np.stack([x for _, x in batch]))
+                if in_flight is not None:
+                    collect(*in_flight)  # while the new batch computes
+                in_flight = ([key for key, _ in batch], y)
+            if not pending:
+                break
+        if in_flight is not None:
+            collect(*in_flight)
+
+
 def run(
     items: Iterable[tuple[Path, str]],
     output: str | Path,
@@ -148,32 +196,20 @@ def run(
                 )
             report.done(rel, path, [names[rel]], **extra)
 
-    window = 2 * generator.batch_size + workers  # images decoded ahead of the device
-    pending: deque[tuple[Path, str, Future]] = deque()
-    todo = iter(items)
-    batch: list[tuple[Path, str, Prepared]] = []
-    in_flight: tuple[list, jax.Array] | None = None
+    def failed(path: Path, rel: str, exc: BaseException) -> None:
+        report.failed(rel, path, exc)
+        bar.update()
+
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            while True:
-                while len(pending) < window and (item := next(todo, None)) is not None:
-                    pending.append((*item, pool.submit(prepare, item[0])))
-                if pending:
-                    path, rel, future = pending.popleft()
-                    try:
-                        batch.append((path, rel, future.result()))
-                    except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
-                        report.failed(rel, path, exc)
-                        bar.update()
-                if batch and (len(batch) == generator.batch_size or not pending):
-                    y = generator.dispatch(np.stack([p.x for *_, p in batch]))
-                    if in_flight is not None:
-                        finish(*in_flight)  # while the new batch computes
-                    in_flight, batch = (batch, y), []
-                if not pending:
-                    break
-            if in_flight is not None:
-                finish(*in_flight)
+        run_pipelined(
+            items,
+            prepare,
+            generator,
+            workers=workers,
+            expand=lambda path, rel, prep: [((path, rel, prep), prep.x)],
+            collect=finish,
+            failed=failed,
+        )
     finally:
         bar.close()
         report.close()

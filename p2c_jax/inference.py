@@ -18,27 +18,33 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from p2c_jax import backend
+from p2c_jax.nn import precision
 from p2c_jax.nn.models import FACENET, NetSpec, abstract
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
 
-@functools.cache
-def forward(spec: NetSpec, map_images: bool | None = None):
+def forward(spec: NetSpec, precision_name: str = "float32", plan_name: str | None = None):
     """The jitted inference pass ``(state, x) -> outputs`` of nets of ``spec``.
 
-    Cached per spec, so calls never hash a net's graph. ``map_images`` (default: the backend
-    plan's) runs the net one image at a time, which XLA:CPU runs faster than a batch.
+    Traced under the backend plan ``plan_name`` (default: the one in force) and the precision
+    ``precision_name``; one per arguments, so calls never hash a net's graph. Under the CPU
+    plan the net runs one image at a time, which XLA:CPU runs faster than a batch.
     """
-    if map_images is None:
-        map_images = backend.plan().map_images
+    return _forward(spec, precision.check(precision_name), plan_name or backend.plan().name)
+
+
+@functools.cache
+def _forward(spec: NetSpec, precision_name: str, plan_name: str):
+    plan = backend.PLANS[plan_name]
     graphdef = nnx.graphdef(abstract(spec))
 
     def apply(state: nnx.State, x: jax.Array):
-        net = nnx.merge(graphdef, state)
-        if not map_images:
-            return net(x)
-        return jax.lax.map(lambda xi: jax.tree.map(lambda a: a[0], net(xi[None])), x)
+        with backend.use_plan(plan.name), precision.use(precision_name):
+            net = nnx.merge(graphdef, state)
+            if not plan.map_images:
+                return net(x)
+            return jax.lax.map(lambda xi: jax.tree.map(lambda a: a[0], net(xi[None])), x)
 
     return jax.jit(apply)
 
@@ -46,22 +52,25 @@ def forward(spec: NetSpec, map_images: bool | None = None):
 class CompiledNet:
     """A net in inference mode as a function of its input (``forward(spec)`` on its state)."""
 
-    def __init__(self, spec: NetSpec, state: nnx.State):
-        self.spec = spec
+    def __init__(self, spec: NetSpec, state: nnx.State, precision_name: str = "float32"):
+        self.spec, self.precision = spec, precision_name
         self.state = jax.device_put(state)
-        self._forward = forward(spec)
+        self._forward = forward(spec, precision_name)
 
     def __call__(self, x: jax.Array):
         return self._forward(self.state, x)
 
 
-def load_generator(path: str | Path, net: str = "genA2B") -> CompiledNet:
+def load_generator(
+    path: str | Path, net: str = "genA2B", precision: str = "float32"
+) -> CompiledNet:
     """``gen(x [N,H,W,3] in [-1,1]) -> (image [N,H,W,3], cam_logit [N,2], heatmap [N,H/4,W/4,1])``
-    from an original ``photo2cartoon_weights.pt``, our checkpoint or a training workdir."""
+    from an original ``photo2cartoon_weights.pt``, our checkpoint or a training workdir;
+    ``precision`` float32 or bfloat16 (``nn.precision``)."""
     spec, state = load_any(path, [net])[net]
     if spec.kind != "generator":
         raise CheckpointError(f"{path}: {net} is a {spec.kind}, not a generator")
-    return CompiledNet(spec, state)
+    return CompiledNet(spec, state, precision)
 
 
 def load_face_embedder(path: str | Path) -> CompiledNet:
@@ -72,7 +81,7 @@ def load_face_embedder(path: str | Path) -> CompiledNet:
 
 
 def default_batch_size() -> int:
-    """8 per accelerator; 1 per CPU device, where bigger batches measured slower per image."""
+    """8 per accelerator; 1 per CPU device (the CPU plan maps the batch image by image anyway)."""
     return (1 if backend.plan().map_images else 8) * len(jax.local_devices())
 
 
@@ -90,7 +99,7 @@ class BatchedGenerator:
         self.spec, self.size = gen.spec, gen.spec.img_size
         self.state = jax.device_put(gen.state, NamedSharding(mesh, P()))
         self._data = NamedSharding(mesh, P("data"))
-        self._forward = forward(gen.spec)
+        self._forward = forward(gen.spec, gen.precision)
 
     def dispatch(self, x: np.ndarray) -> jax.Array:
         """Start the forward pass of ``x`` [n <= batch_size, S, S, 3]; returns without waiting."""

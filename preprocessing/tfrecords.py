@@ -2,19 +2,18 @@
 
 Each example holds the image as PNG bytes and its source name (relative to its
 split folder). Needs the `preprocess` extra (tensorflow-cpu, tensorflow-datasets);
-nothing is downloaded.
+nothing is downloaded. This module writes; `p2c_jax.data.tfrecords` reads.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from .io import load_rgb_bytes
 from .splits import SPLITS
 
 
@@ -51,36 +50,29 @@ class P2cFaces(tfds.core.GeneratorBasedBuilder):
 
 
 def write_dataset(
-    source_dir: str | Path, data_dir: str | Path, splits: Sequence[str] = SPLITS
+    source_dir: str | Path,
+    data_dir: str | os.PathLike,
+    splits: Sequence[str] = SPLITS,
+    *,
+    num_shards: int | None = None,
 ) -> dict[str, int]:
     """Write `source_dir/<split>/**.png` as TFRecord shards under `data_dir`; returns examples per split.
 
+    `data_dir` may be remote (`gs://...`). `num_shards` files per split (tfds's choice by
+    size if None; at most the smallest split's size): a multiple of the number of training
+    hosts lets each read its own files.
     A dataset already there is replaced, so the shards always match the folders.
     """
-    builder = P2cFaces(source_dir=source_dir, splits=splits, data_dir=str(data_dir))
-    if Path(builder.data_dir).exists():
-        shutil.rmtree(builder.data_dir)
+    if num_shards is not None:
+        counts = {split: len(list((Path(source_dir) / split).rglob("*.png"))) for split in splits}
+        if num_shards > min(counts.values()):
+            raise ValueError(
+                f"num_shards {num_shards}: every split needs as many images ({counts})"
+            )
+    builder = P2cFaces(source_dir=source_dir, splits=splits, data_dir=os.fspath(data_dir))
+    if tf.io.gfile.exists(os.fspath(builder.data_dir)):
+        tf.io.gfile.rmtree(os.fspath(builder.data_dir))
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards)
     )
     return {split: builder.info.splits[split].num_examples for split in splits}
-
-
-def _version_dir(data_dir: Path) -> Path:
-    if (data_dir / "dataset_info.json").is_file():
-        return data_dir
-    found = sorted(data_dir.glob(f"{P2cFaces.name}/*/dataset_info.json"))
-    if not found:
-        raise FileNotFoundError(f"no {P2cFaces.name} dataset under {data_dir}")
-    return found[-1].parent
-
-
-def read_tfrecord_images(data_dir: str | Path, split: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB uint8 image) of one split, sorted by name, decoded losslessly from the PNG bytes."""
-    builder = tfds.builder_from_directory(str(_version_dir(Path(data_dir))))
-    ds = builder.as_dataset(
-        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    records = sorted((ex["name"].decode(), ex["image"]) for ex in tfds.as_numpy(ds))
-    for name, data in records:
-        yield name, load_rgb_bytes(data)

@@ -19,6 +19,8 @@ import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
+pytest_plugins = ["gcs"]  # the fake GCS server fixtures (tests/gcs.py)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 

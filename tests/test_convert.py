@@ -9,9 +9,9 @@ import torch
 from reference import nchw, perturb
 
 import p2c_jax
+from p2c_jax.cli.convert import main
 from p2c_jax.nn.models import NetSpec
 from p2c_jax.pytorch import nets as torch_port
-from p2c_jax.cli.convert import main
 from p2c_jax.weights.convert import CheckpointError, load_torch
 
 

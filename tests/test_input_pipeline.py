@@ -163,6 +163,8 @@ def test_close_stops_the_workers(demo):
 
 
 def test_tfrecords_give_the_same_batches(demo, tmp_path):
+    """Splits of at most shuffle_buffer records (here 6) are read like their folders; larger
+    ones are streamed (tests/test_tfrecords_stream.py)."""
     pytest.importorskip("tensorflow_datasets")
     from preprocessing.tfrecords import write_dataset
 
@@ -175,7 +177,9 @@ def test_tfrecords_give_the_same_batches(demo, tmp_path):
     records = ip.resolve_dataset(str(tmp_path / "records"))  # TFRecords alone are a dataset
     for domain in "AB":
         want = _take(ip.train_batches(src, domain, 4, SIZE, True, seed=2), 3)
-        got = _take(ip.train_batches(records, domain, 4, SIZE, True, seed=2), 3)
+        it = ip.train_batches(records, domain, 4, SIZE, True, seed=2)
+        assert isinstance(it, ip.BatchIterator)
+        got = _take(it, 3)
         np.testing.assert_array_equal(np.stack(got), np.stack(want))
         np.testing.assert_array_equal(
             ip.test_images(records, domain, SIZE, 4), ip.test_images(src, domain, SIZE, 4)

@@ -11,8 +11,9 @@ from PIL import Image
 
 pytest.importorskip("tensorflow_datasets")
 
+from p2c_jax.data.tfrecords import read_tfrecord_images
 from preprocessing.io import load_rgb
-from preprocessing.tfrecords import read_tfrecord_images, write_dataset
+from preprocessing.tfrecords import write_dataset
 
 
 def folder_images(folder):
@@ -56,6 +57,8 @@ def test_rewrite_replaces_the_old_dataset(tmp_path):
     assert write_dataset(src, tmp_path / "tf", ["testB"]) == {"testB": 2}
     (_, a), (_, b) = read_tfrecord_images(tmp_path / "tf", "testB")
     assert tuple(a[0, 0]) == (1, 2, 3) and tuple(b[0, 0]) == (4, 5, 6)
+    with pytest.raises(ValueError, match="num_shards 3: every split needs as many images"):
+        write_dataset(src, tmp_path / "tf", ["testB"], num_shards=3)
 
 
 @pytest.mark.skipif(

@@ -6,6 +6,7 @@ the step this process compiled in the session's persistent compilation cache (co
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -56,6 +57,14 @@ def _config(dataset: Path, workdir: Path, **kw) -> Config:
     return Config.flat(**{**base, **kw})
 
 
+@contextlib.contextmanager
+def _preempted_after(step: int):
+    """``train`` stopped as a preemption would stop it, after ``step``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer._Stop, "requested", lambda self, at: at >= step)
+        yield
+
+
 def _final(workdir: Path) -> dict[str, np.ndarray]:
     """Every array of the latest checkpoint: nets (params + spectral) and train state."""
     path = checkpoint.resolve(workdir)
@@ -74,7 +83,8 @@ def _final(workdir: Path) -> dict[str, np.ndarray]:
 def test_resume_continues_exactly(dataset, tmp_path):
     """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included)."""
     assert trainer.train(_config(dataset, tmp_path / "straight")) == 4
-    assert trainer.train(_config(dataset, tmp_path / "split"), stop_at=2) == 2
+    with _preempted_after(2):
+        assert trainer.train(_config(dataset, tmp_path / "split")) == 2
     assert sorted(os.listdir(tmp_path / "split" / "checkpoints")) == ["2"]
     with pytest.raises(trainer.TrainError, match="--resume true"):
         trainer.train(_config(dataset, tmp_path / "split"))
@@ -86,6 +96,109 @@ def test_resume_continues_exactly(dataset, tmp_path):
     assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["2", "4"]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("trainer")
+def test_workdir_on_gcs_resumes_exactly_and_exports(dataset, tmp_path, gcs_bucket):
+    """A gs:// workdir (a fake GCS server on 127.0.0.1): 2 steps, preempted, resumed for 2 more,
+    equal to 4 straight local steps; sample grids, TensorBoard events and checkpoints land in
+    the bucket; convert_weights.py --src that workdir exports a .pt the original nets load."""
+    workdir = gcs_bucket / "run"
+    cfg = _config(dataset, str(workdir), print_freq=2)
+    with _preempted_after(2):
+        assert trainer.train(cfg) == 2
+    assert trainer.train(_config(dataset, str(workdir), print_freq=2, resume=True)) == 4
+    assert trainer.train(_config(dataset, tmp_path / "straight")) == 4
+    straight, remote = _final(tmp_path / "straight"), _final(workdir)
+    assert straight.keys() == remote.keys() and len(straight) > 1000
+    for k in straight:
+        np.testing.assert_array_equal(straight[k], remote[k], err_msg=k)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    assert (workdir / Path(str(dataset)).name / "img" / "A2B_0000002.png").exists()
+    assert not list(Path.cwd().glob("gs:*")) and not (tmp_path / "gs:").exists()
+
+    pt = tmp_path / "exported.pt"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "convert_weights.py"), "--src", str(workdir), "--dst", str(pt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    sd = torch.load(pt, weights_only=True)
+    torch_port.ResnetGenerator(CH, SIZE, True).load_state_dict(sd["genA2B"], strict=True)
+
+
+def test_unsupported_workdir_scheme_names_the_flag(dataset, tmp_path, monkeypatch):
+    """--workdir memory://bar/w is refused before anything is written (it once trained into a
+    local folder named memory:)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(trainer.TrainError, match="--workdir memory://bar/w: unsupported scheme"):
+        trainer.train(_config(dataset, "memory://bar/w"))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trainer")
+def test_sigkill_while_saving_resumes_from_last_complete_checkpoint(dataset, tmp_path):
+    """train.py killed with SIGKILL while Orbax writes a checkpoint (its temporary folder is
+    there): --resume true continues from the last complete checkpoint and ends equal to an
+    uninterrupted run."""
+    workdir = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--dataset",
+        str(dataset),
+        "--img_size",
+        str(SIZE),
+        "--ch",
+        str(CH),
+        "--iteration",
+        "8",
+        "--faceid_weight",
+        "0",
+        "--print_freq",
+        "0",
+        "--save_freq",
+        "1",
+        "--keep",
+        "10",
+        "--seed",
+        "3",
+        "--progress",
+        "false",
+        "--workdir",
+        str(workdir),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_during_save = False
+    try:
+        while proc.poll() is None:
+            names = (
+                os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").is_dir() else []
+            )
+            if any("tmp" in n for n in names) and any(n.isdigit() for n in names):
+                proc.kill()
+                killed_during_save = True
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed_during_save, "the run ended before a save could be interrupted"
+    complete = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+    assert complete and max(complete) < 8
+    resumed = subprocess.run([*cmd, "--resume", "true"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {max(complete)}" in resumed.stdout
+    straight = _config(dataset, tmp_path / "straight", iteration=8, save_freq=1, keep=10)
+    assert trainer.train(straight) == 8
+    a, b = _final(tmp_path / "straight"), _final(workdir)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
 def test_trains_from_tfrecords_as_from_folders(dataset, tmp_path):
     """A dataset written as TFRecords by preprocessing trains exactly like its folders."""
@@ -95,8 +208,9 @@ def test_trains_from_tfrecords_as_from_folders(dataset, tmp_path):
     records = tmp_path / "records"
     write_dataset(dataset, records)
     assert not list(records.rglob("*.png"))
-    assert trainer.train(_config(dataset, tmp_path / "folders"), stop_at=2) == 2
-    assert trainer.train(_config(records, tmp_path / "tfrecords"), stop_at=2) == 2
+    with _preempted_after(2):
+        assert trainer.train(_config(dataset, tmp_path / "folders")) == 2
+        assert trainer.train(_config(records, tmp_path / "tfrecords")) == 2
     folders, tfrecords = _final(tmp_path / "folders"), _final(tmp_path / "tfrecords")
     assert folders.keys() == tfrecords.keys()
     for k in folders:

@@ -68,8 +68,8 @@ def run(
     state = model.init_state({n: st for n, (_, st) in nets.items()}, hp)
     state = ts.put_replicated(jax.tree.map(_float64, state), mesh)
     face_state = ts.put_replicated(jax.tree.map(_float64, face.state), mesh) if face else None
-    step = ts.TrainStep(model, hp, mesh, with_grads=True, remat=remat)
-    residuals = None if remat else track_residuals(step)
+    step = ts.make_step(model, hp, mesh, with_grads=True, remat=remat)
+    residuals = track_residuals(step) if isinstance(step, ts.SplitStep) and not remat else None
     per = global_batch // jax.process_count()
     lo = jax.process_index() * per
     out = {}
@@ -132,13 +132,16 @@ def start(
     num_processes: int = 1,
     port: int = 0,
     remat: bool = False,
+    plan: str = "cpu",
 ) -> subprocess.Popen:
-    """This file as a script, in a process with ``devices`` CPU devices."""
+    """This file as a script, in a process with ``devices`` CPU devices, the step of ``plan``
+    (``p2c_jax.backend``: the accelerator plan runs on CPU too)."""
     env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         "PYTHONFAULTHANDLER": "1",
+        "P2C_PLAN": plan,
     }
     cmd = [
         sys.executable,

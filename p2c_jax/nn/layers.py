@@ -26,11 +26,13 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from p2c_jax import backend
+from p2c_jax.nn import precision
 
 EPS = 1e-5  # torch's InstanceNorm2d / BatchNorm / adaLIN eps
 # The name of every convolution's output, for checkpoint policies (``jax.checkpoint``) that keep
 # them and recompute the cheap rest; a no-op elsewhere.
 CONV_OUTPUT = "conv_output"
+_HIGHEST = jax.lax.Precision.HIGHEST  # spectral norm's power iteration: statistics, float32
 
 
 class SpectralState(nnx.Variable):
@@ -112,40 +114,27 @@ def conv2d(
     """
     k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     if not backend.plan().conv_forms:
-        y = _conv(x, kernel, stride, padding, groups)
+        y = precision.conv(x, kernel, stride, padding, groups)
     elif groups > 1 and c_in == 1 and groups == c_out:
         y = _depthwise(x, kernel, stride, padding)
     elif groups > 1 or stride > 1:
-        y = _conv(x, kernel, stride, padding, groups)
+        y = precision.conv(x, kernel, stride, padding, groups)
     elif k == 1 and padding == 0:
-        y = x @ kernel[0, 0]
+        y = precision.matmul(x, kernel[0, 0])
     elif k == 3 and 16 < c_in <= 32:
         y = _with_plain_gradient(_conv_sliced, x, kernel, padding)
     elif k > 3 and c_in <= 4:
         y = _conv_space_to_depth(x, kernel, padding)
     else:
-        y = _conv(x, kernel, padding=padding)
+        y = precision.conv(x, kernel, padding=padding)
     return checkpoint_name(y if bias is None else y + bias[...], CONV_OUTPUT)
-
-
-def _conv(
-    x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0, groups: int = 1
-) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        (stride, stride),
-        [(padding, padding)] * 2,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
 
 
 def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """A stride-1 convolution with few input channels as one over 2 x 2 pixel blocks: the input
     with its blocks on channels (4 C_in), a kernel of ceil((k + 1) / 2) taps to the 4 C_out
-    outputs of each block, the blocks back to pixels. More multiply-adds, in the shapes XLA:CPU
-    runs fast: 7x7 3 -> 32 at 256 x 256 2.3x faster than XLA's own forward, 1.5x its gradient."""
+    outputs of each block, the blocks back to pixels: more multiply-adds, in shapes XLA:CPU runs
+    faster than its own 7x7 convolution (docs/benchmarks.md)."""
     s = 2
     x = pad_hw(x, padding)
     kh, kw, c_in, c_out = kernel.shape
@@ -174,7 +163,7 @@ def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
         .transpose(0, 1, 3, 2, 4, 5)
         .reshape(n, rows // s, cols // s, s * s * c_in)
     )
-    y = _conv(x, blocks_kernel)
+    y = precision.conv(x, blocks_kernel)
     y = (
         y.reshape(n, ho, wo, s, s, c_out)
         .transpose(0, 1, 3, 2, 4, 5)
@@ -185,8 +174,7 @@ def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.A
 
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """A depthwise convolution as a sum of strided input windows times kernel taps: plain
-    multiply-adds that XLA fuses. XLA:CPU's grouped convolution is 5x slower forward and 3x
-    slower backward in MobileFaceNet (float32, batch 8), 7x slower backward in float64."""
+    multiply-adds that XLA fuses, where XLA:CPU's grouped convolution is slow."""
     x = pad_hw(x, padding)
     k = kernel.shape[0]
     h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
@@ -205,9 +193,9 @@ def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
 
 def _conv_sliced(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """A convolution as a sum over 16-channel input slices: XLA:CPU runs a 3x3 one over 32
-    channels up to 8x slower than two over 16 (bench/conv_forms.py)."""
+    channels slower than two over 16 (bench/conv_forms.py)."""
     return sum(
-        _conv(x[..., i : i + 16], kernel[:, :, i : i + 16], padding=padding)
+        precision.conv(x[..., i : i + 16], kernel[:, :, i : i + 16], padding=padding)
         for i in range(0, kernel.shape[2], 16)
     )
 
@@ -226,7 +214,7 @@ def _with_plain_gradient_fwd(form, x, kernel, padding):
 
 
 def _with_plain_gradient_bwd(form, padding, residuals, ct):
-    return jax.vjp(lambda x, k: _conv(x, k, padding=padding), *residuals)[1](ct)
+    return jax.vjp(lambda x, k: precision.conv(x, k, padding=padding), *residuals)[1](ct)
 
 
 _with_plain_gradient.defvjp(_with_plain_gradient_fwd, _with_plain_gradient_bwd)
@@ -240,7 +228,7 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(_uniform(rngs, (out_features,), in_features)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.weight[...]
+        y = precision.matmul(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -255,15 +243,15 @@ def _spectral_weight(
     u_val, v_val = u[...], v[...]
     if update_stats:
         w = jax.lax.stop_gradient(w_mat)
-        v_val = w.T @ u_val
+        v_val = jnp.matmul(w.T, u_val, precision=_HIGHEST)
         v_val = v_val / jnp.maximum(jnp.linalg.norm(v_val), 1e-12)
-        u_val = w @ v_val
+        u_val = jnp.matmul(w, v_val, precision=_HIGHEST)
         u_val = u_val / jnp.maximum(jnp.linalg.norm(u_val), 1e-12)
         # set_value, not u[...] = ...: NNX's indexed assignment asks a tracer for its sharding,
         # which builds an error message costing O(trace length) per call
         u.set_value(u_val)
         v.set_value(v_val)
-    return jnp.dot(u_val, w_mat @ v_val)
+    return jnp.dot(u_val, jnp.matmul(w_mat, v_val, precision=_HIGHEST), precision=_HIGHEST)
 
 
 class SNConv2d(nnx.Module):
@@ -305,7 +293,7 @@ class SNLinear(nnx.Module):
     def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
         w = self.weight_orig[...]
         sigma = _spectral_weight(w.T, self.weight_u, self.weight_v, update_stats)
-        return x @ (w / sigma)
+        return precision.matmul(x, w / sigma)
 
 
 class BatchNorm(nnx.Module):

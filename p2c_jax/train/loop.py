@@ -25,12 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
+from p2c_jax import backend, paths
 from p2c_jax.data import input_pipeline
 from p2c_jax.inference import forward
+from p2c_jax.nn import precision
 from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
-from p2c_jax.train import samples, summary
+from p2c_jax.train import evaluation, samples, summary
 from p2c_jax.train import step as ts
 from p2c_jax.train.config import Config, Hparams
 from p2c_jax.train.face_id import FaceID
@@ -49,10 +52,10 @@ class TrainError(RuntimeError):
 # --- train state <-> checkpoint items -----------------------------------------------------------
 
 
-def _flat(tree) -> tuple[dict[str, np.ndarray], list[str]]:
+def _flat(tree) -> tuple[dict[str, jax.Array], list[str]]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return (
-        {f"{i:05d}": np.asarray(_host(x)) for i, (_, x) in enumerate(leaves)},
+        {f"{i:05d}": x for i, (_, x) in enumerate(leaves)},
         [jax.tree_util.keystr(kp) for kp, _ in leaves],
     )
 
@@ -65,11 +68,11 @@ def _host(x):
 
 
 def checkpoint_items(model: ts.TrainModel, state: dict, meta: dict) -> ocp.args.Composite:
-    """The Orbax items of one training checkpoint."""
-    host = jax.tree.map(_host, state)
-    weights = {n: (model.specs[n], model.net_state(host, n)) for n in TRAINING_NETS}
+    """The Orbax items of one training checkpoint, the state's device arrays as they are (Orbax
+    copies them to the host and writes in the background)."""
+    weights = {n: (model.specs[n], model.net_state(state, n)) for n in TRAINING_NETS}
     nets, config = nets_to_tree(weights)
-    rest, names = _flat({k: host[k] for k in TRAIN_STATE})
+    rest, names = _flat({k: state[k] for k in TRAIN_STATE})
     return ocp.args.Composite(
         nets=ocp.args.StandardSave(nets),
         config=ocp.args.JsonSave(config),
@@ -82,7 +85,7 @@ def restore_state(
     manager: ocp.CheckpointManager, step: int, model: ts.TrainModel, hp: Hparams
 ) -> tuple[dict, dict]:
     """(host train state, meta) of checkpoint ``step``, checked against ``model``'s nets."""
-    where = str(Path(manager.directory) / str(step))
+    where = str(manager.directory / str(step))
     items = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -121,37 +124,56 @@ def restore_state(
 _STEP_CACHE: dict = {}
 
 
-def compiled_step(model: ts.TrainModel, hp: Hparams, mesh, remat: bool = False) -> Callable:
-    """``TrainStep``, cached per (nets, face net, hparams, devices, remat) within a process, so
-    that runs in one process share compiled programs. The key holds the face net itself (not its
-    id, which a later object may reuse once this one is collected)."""
+def compiled_step(
+    model: ts.TrainModel, hp: Hparams, mesh, remat: bool, precision_name: str
+) -> Callable:
+    """``ts.make_step``, cached per (nets, face net, hparams, devices, remat, plan, precision)
+    within a process, so that runs in one process share compiled programs. The key holds the
+    face net itself (not its id, which a later object may reuse once this one is collected)."""
+    plan = backend.plan()
     key = (
         tuple(sorted(model.specs.items())),
         model.face,
         hp,
         tuple(d.id for d in mesh.devices.flat),
         remat,
+        plan,
+        precision_name,
     )
     if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = ts.TrainStep(model, hp, mesh, remat=remat)
+        _STEP_CACHE[key] = ts.make_step(
+            model, hp, mesh, remat=remat, plan=plan, precision_name=precision_name
+        )
     return _STEP_CACHE[key]
 
 
 class _Stop:
-    """SIGTERM / SIGINT set a flag; the loop saves and returns after the current step."""
+    """When to stop early and save: a preemption.
 
-    def __init__(self):
+    One process: SIGTERM / SIGINT set a flag. Several: JAX's preemption notice, which Orbax's
+    ``reached_preemption`` turns into the same step on every host without a collective per
+    step (our own handler would replace the one JAX installs).
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager = manager
         self.signal: int | None = None
         self._old = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
+        if jax.process_count() == 1:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(ValueError):  # not the main thread
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.signal = signum
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return self.manager.reached_preemption(step)
+        return self.signal is not None
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -209,12 +231,12 @@ def _initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.
 class _Sampler:
     """The original's print_freq sample grids: 5 train and 5 test images, A2B and B2A."""
 
-    def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path, workdir: Path):
+    def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path, workdir: epath.Path):
         self.cfg, self.dataset_dir, self.workdir = cfg, dataset_dir, workdir
         self.test = {
             d: input_pipeline.test_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
         }
-        self._forward = forward(model.specs["genA2B"])
+        self._forward = forward(model.specs["genA2B"], cfg.precision)
 
     def _translate(self, gen: dict, x: np.ndarray, there: str, back: str) -> tuple:
         """(identity, its heatmap, fake, heatmap, cycle, heatmap) of ``x`` by ``there``."""
@@ -269,22 +291,16 @@ class _Sampler:
             writer.image(step, direction, grid)
 
 
-def train(
-    cfg: Config,
-    *,
-    specs: dict[str, NetSpec] | None = None,
-    mesh=None,
-    stop_at: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> int:
-    """Run (or resume) training; returns the last completed step.
-
-    ``specs`` overrides the six nets of ``--ch --img_size --light`` (tests use shallower
-    discriminators); ``stop_at`` ends the run after that step as a preemption would (it saves).
-    """
+def train(cfg: Config, *, mesh=None, log: Callable[[str], None] | None = None) -> int:
+    """Run (or resume) training on ``mesh`` (default: every device of every process); returns
+    the last completed step."""
     is_main = jax.process_index() == 0
     log = log or (lambda msg: print(msg, flush=True) if is_main else None)
-    specs = specs or training_specs(cfg.ch, cfg.img_size, cfg.light)
+    try:
+        precision.check(cfg.precision)
+    except ValueError as e:
+        raise TrainError(f"--precision: {e}") from None
+    specs = training_specs(cfg.ch, cfg.img_size, cfg.light)
     mesh = mesh or ts.make_mesh()
     if cfg.batch_size % mesh.size:
         raise TrainError(
@@ -299,12 +315,13 @@ def train(
     except input_pipeline.DatasetError as e:
         raise TrainError(str(e)) from None
     model = ts.TrainModel(specs, face)
-    workdir = Path(cfg.run_dir()).absolute()
+    try:
+        workdir = paths.as_path(cfg.run_dir())
+    except ValueError as e:
+        raise TrainError(f"--workdir {e}") from None
     manager = ocp.CheckpointManager(
         workdir / checkpoint.CHECKPOINTS,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep, create=True, enable_async_checkpointing=True
-        ),
+        options=evaluation.manager_options(cfg),  # latest --keep, + the best with --eval_freq
         item_names=("nets", "config", "train_state", "meta"),
     )
     latest = manager.latest_step()
@@ -327,7 +344,7 @@ def train(
 
     state = ts.put_replicated(host_state, mesh)
     face_state = ts.put_replicated(face.state, mesh) if face is not None else None
-    step_fn = compiled_step(model, hp, mesh, cfg.remat)
+    step_fn = compiled_step(model, hp, mesh, cfg.remat, cfg.precision)
     meta = {
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
@@ -336,12 +353,18 @@ def train(
         "augment": cfg.augment,
     }
 
-    def save(step: int) -> None:
+    def save(step: int, scores: dict | None = None) -> None:
         if manager.latest_step() == step:
             return
         manager.save(
-            step, args=checkpoint_items(model, state, {**meta, "step": step, "data_position": step})
+            step,
+            args=checkpoint_items(model, state, {**meta, "step": step, "data_position": step}),
+            metrics=scores,
         )
+
+    evaluator = evaluation.TrainingEvaluator.create(
+        cfg, specs["genA2B"], dataset_dir, workdir, face, log
+    )
 
     pi, pc = jax.process_index(), jax.process_count()
     batches = {
@@ -360,7 +383,7 @@ def train(
     }
     writer = summary.SummaryWriter(workdir / "tensorboard", enabled=is_main)
     sampler = _Sampler(model, cfg, dataset_dir, workdir) if cfg.print_freq > 0 and is_main else None
-    end = cfg.hparams.iteration if stop_at is None else min(cfg.hparams.iteration, stop_at)
+    end = cfg.hparams.iteration
     bar = None
     if is_main and cfg.progress:
         from tqdm import tqdm
@@ -375,11 +398,13 @@ def train(
         )
     step = start
     try:
-        with _Stop() as stop:
+        with _Stop(manager) as stop:
             log(
                 f"training start: steps {start + 1}..{end} of {cfg.hparams.iteration} on {mesh.size} "
                 f"device(s), global batch {cfg.batch_size} (the first step compiles)"
             )
+            if evaluator is not None and start == 0:
+                evaluator(0, state["gen"]["genA2B"], writer)
             t0 = time.time()
             for step in range(start + 1, end + 1):
                 real_A = ts.put_batch(next(batches["A"]), mesh)
@@ -403,10 +428,13 @@ def train(
                     bar.update(1)
                 if sampler is not None and step % cfg.print_freq == 0:
                     sampler(step, state["gen"], writer)
-                if cfg.save_freq > 0 and step % cfg.save_freq == 0:
-                    save(step)
-                if _should_stop(stop.signal):
-                    log(f"\nsignal {stop.signal}: saving step {step} and stopping")
+                scores = None
+                if evaluator is not None and evaluator.due(step):
+                    scores = evaluator(step, state["gen"]["genA2B"], writer)
+                if scores is not None or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
+                    save(step, scores)
+                if stop.requested(step):
+                    log(f"\npreempted: saving step {step} and stopping")
                     break
             if sampler is not None and step > start and step % cfg.print_freq:
                 sampler(step, state["gen"], writer)  # a run ends with its sample grids
@@ -421,16 +449,6 @@ def train(
         writer.close()
     log(f"checkpoint {workdir / checkpoint.CHECKPOINTS / str(step)}")
     return step
-
-
-def _should_stop(sig: int | None) -> bool:
-    """Whether any process got a stop signal (every process must stop at the same step)."""
-    flag = sig is not None
-    if jax.process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def maybe_initialize_distributed(

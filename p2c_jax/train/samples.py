@@ -10,15 +10,20 @@ RGB; `save_grid` writes BGR through OpenCV, rounding x * 255 like `cv2.imwrite` 
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import cv2
 import numpy as np
+from etils import epath
+
+from p2c_jax import paths
 
 
-def sample_path(result_dir: str | Path, dataset: str, direction: str, step: int) -> Path:
+def sample_path(
+    result_dir: str | os.PathLike, dataset: str, direction: str, step: int
+) -> epath.Path:
     """`<result_dir>/<dataset>/img/<direction>_<step:07d>.png`, direction 'A2B' or 'B2A'."""
-    return Path(result_dir) / dataset / "img" / f"{direction}_{step:07d}.png"
+    return paths.as_path(result_dir) / dataset / "img" / f"{direction}_{step:07d}.png"
 
 
 def heatmap(heat: np.ndarray, size: int) -> np.ndarray:
@@ -69,9 +74,9 @@ def sample_grid(columns: list[np.ndarray]) -> np.ndarray:
     return np.clip(np.rint(grid * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_grid(path: str | Path, grid: np.ndarray) -> None:
-    """Write a uint8 RGB grid as an image file (parent folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(grid[:, :, ::-1])):
-        raise OSError(f"could not write {path}")
+def save_grid(path: str | os.PathLike, grid: np.ndarray) -> None:
+    """Write a uint8 RGB grid as a PNG file, local or ``gs://`` (parent folders are created)."""
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(grid[:, :, ::-1]))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    paths.write_bytes_atomic(path, png.tobytes())

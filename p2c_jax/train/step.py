@@ -42,6 +42,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from p2c_jax import backend
+from p2c_jax.nn import precision
 from p2c_jax.nn.generator import ConvBlock
 from p2c_jax.nn.layers import CONV_OUTPUT, SpectralState
 from p2c_jax.nn.models import DISCRIMINATORS, GENERATORS, NetSpec, abstract, build
@@ -256,8 +258,8 @@ def _gen_forward(
     """Generator ``name`` on this device's ``x``: (image, CAM logit, stacked vjp).
 
     With ``keep_only_convs`` the vjp keeps the convolutions' outputs and recomputes the rest
-    (normalisations, activations, pads, concatenations) from them in the backward pass: at
-    256 x 256 that is 255 MB per call instead of 1.48 GB, for a few percent more time.
+    (normalisations, activations, pads, concatenations) from them in the backward pass: a
+    sixth of the memory, for a few percent more time (docs/benchmarks.md).
     """
 
     def generator(p, x):
@@ -374,6 +376,17 @@ def _g_update(
     return _clip(gen, hp), opt_g, step + 1, {**metrics, "lr": lr}, (grads if with_grads else None)
 
 
+def _traced_under(plan: backend.Plan, precision_name: str, fn: Callable) -> Callable:
+    """``fn`` traced under ``plan`` and precision ``precision_name`` (both read at trace time)."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with backend.use_plan(plan.name), precision.use(precision_name):
+            return fn(*args, **kwargs)
+
+    return traced
+
+
 def _find_malloc_trim() -> Callable | None:
     """glibc's ``malloc_trim``; None elsewhere."""
     try:
@@ -385,33 +398,26 @@ def _find_malloc_trim() -> Callable | None:
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-class TrainStep:
-    """``step(state, face_state, real_A, real_B) -> (state, metrics)`` over ``mesh``.
-
-    ``state`` and ``face_state`` replicated (``replicated(mesh)``), ``real_A``/``real_B`` global
-    batches ``[B,H,W,3]`` sharded on their first axis (``batch_sharding(mesh)``). With
-    ``with_grads`` the metrics also hold the raw gradients (``grads['dis']``, ``grads['gen']``),
-    summed over devices, before weight decay and Adam.
+class SplitStep:
+    """The step of the CPU plan, as several jitted programs (``make_step`` documents the call).
 
     The step runs as jitted programs, each a ``jax.shard_map`` over ``AXIS``: a generator's
     forward pass with its vjp and its backward pass (called for the six generator calls of the
     original), the D update, the two kinds of G loss part (a translation with its cycle, an
     identity call) with the cotangents of their generator outputs, and the G update. As one
     program XLA compiled the generator eight times (four calls, forward and backward) and took
-    minutes; this way it compiles one forward and one backward. The state is donated program by
-    program. Nets of equal spec share their programs.
+    minutes on CPU; this way it compiles one forward and one backward. The state is donated
+    program by program. Nets of equal spec share their programs.
 
     Order: the two translations (forward), the D update, then each of the four parts of the G
     loss from its forward passes to its backward passes, one part after the other, so that at
-    most three generator calls keep their residuals at once (all six did when the G loss was
-    one program: peak RSS 4.93 -> 4.30 GB at 256 x 256). Between their forward and backward
+    most three generator calls keep their residuals at once. Between their forward and backward
     programs the generators keep only their convolutions' outputs (``_gen_forward``). With
-    ``remat`` they keep nothing and run the forward pass again in the backward program
-    (rematerialisation): less memory for one more forward pass per call.
+    ``remat`` they keep nothing and run the forward pass again in the backward program.
 
-    On CPU each step ends by giving the C heap's free pages back to the system
-    (``malloc_trim``): glibc keeps the pages of freed buffers resident, the compiler's among
-    them: peak RSS at 256 x 256 is 3.84 GB with it, 4.23 GB without (a trim costs ~30 ms).
+    With ``trim_heap`` each step ends by giving the C heap's free pages back to the system
+    (``malloc_trim``): on CPU the device buffers live there, and glibc keeps freed pages
+    resident.
     """
 
     def __init__(
@@ -422,12 +428,16 @@ class TrainStep:
         *,
         with_grads: bool = False,
         remat: bool = False,
+        plan: backend.Plan,
+        precision_name: str = "float32",
     ):
         self.with_grads, self.remat = with_grads, remat
-        # on CPU the device buffers live on the C heap
-        self.trims_heap = mesh.devices.flat[0].platform == "cpu" and _MALLOC_TRIM is not None
+        self.trims_heap = plan.trim_heap and _MALLOC_TRIM is not None
         rep, dat = P(), P(AXIS)
-        smap = functools.partial(jax.shard_map, mesh=mesh)
+
+        def smap(fn, **kw):
+            return jax.shard_map(_traced_under(plan, precision_name, fn), mesh=mesh, **kw)
+
         # the generator programs pass per-device values on (no replication check; their
         # parameter gradients are summed over devices in the G update)
         gen_map = functools.partial(smap, check_vma=False)
@@ -642,3 +652,156 @@ def put_replicated(tree, mesh: Mesh):
 def put_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """The global batch array from this process's slice ``[B // process_count, ...]``."""
     return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(local))
+
+
+# --- the step as one program (the accelerator plan) ---------------------------------------------
+
+
+def _fused_step(
+    model: TrainModel,
+    hp: Hparams,
+    with_grads: bool,
+    remat: bool,
+    state: Tree,
+    face_state,
+    real_A: jax.Array,
+    real_B: jax.Array,
+):
+    """The whole step as one function of global arrays (XLA partitions it over the mesh).
+
+    The two translations run once, through ``jax.vjp``; the D update uses their outputs, and the
+    G loss's gradient reaches them through their cotangents, as in ``SplitStep``.
+    """
+    policy = None if remat else jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+
+    def generator(name: str, params: Tree, x: jax.Array):
+        return jax.checkpoint(functools.partial(model.generator, name), policy=policy)(params, x)
+
+    gen, lr = state["gen"], learning_rate(hp, state["step"] + 1)
+    (A2B, cam_A2B), pullback_A2B = jax.vjp(lambda p: generator("genA2B", p, real_A), gen["genA2B"])
+    (B2A, cam_B2A), pullback_B2A = jax.vjp(lambda p: generator("genB2A", p, real_B), gen["genB2A"])
+
+    def d_objective(dis, spectral):
+        return model.d_loss(hp, dis, spectral, real_A, real_B, A2B, B2A)
+
+    (d_loss, (d_terms, spectral)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+        state["dis"], state["spectral"]
+    )
+    dis, opt_d = _apply(optimizer(hp), d_grads, state["opt_d"], state["dis"], lr)
+
+    def g_objective(gen, A2B, cam_A2B, B2A, cam_B2A):
+        parts, new_spectral = [], {}
+        for real, fake, cam, back, judges in (
+            (real_A, A2B, cam_A2B, "genB2A", ("disGB", "disLB")),
+            (real_B, B2A, cam_B2A, "genA2B", ("disGA", "disLA")),
+        ):
+            cycle, _ = generator(back, gen[back], fake)
+            loss, terms, judged = model.translation_loss(
+                hp,
+                judges,
+                tuple(dis[j] for j in judges),
+                tuple(spectral[j] for j in judges),
+                face_state,
+                real,
+                fake,
+                cam,
+                cycle,
+            )
+            parts.append((loss, terms))
+            new_spectral.update(zip(judges, judged))
+        for real, name in ((real_A, "genB2A"), (real_B, "genA2B")):
+            loss, terms = model.identity_loss(hp, real, *generator(name, gen[name], real))
+            parts.append((loss, terms))
+        total = sum(loss for loss, _ in parts)
+        metrics = {
+            f"g_{k}": sum(terms[k] for _, terms in parts if k in terms)
+            for k in ("adv", "cycle", "identity", "cam", "faceid")
+        }
+        return total, ({"g_loss": total, **metrics}, new_spectral)
+
+    (_, (g_metrics, judged)), grads = jax.value_and_grad(
+        g_objective, argnums=(0, 1, 2, 3, 4), has_aux=True
+    )(gen, A2B, cam_A2B, B2A, cam_B2A)
+    g_grads, ct_A2B, ct_cam_A2B, ct_B2A, ct_cam_B2A = grads
+    g_grads = {
+        "genA2B": jax.tree.map(jnp.add, g_grads["genA2B"], pullback_A2B((ct_A2B, ct_cam_A2B))[0]),
+        "genB2A": jax.tree.map(jnp.add, g_grads["genB2A"], pullback_B2A((ct_B2A, ct_cam_B2A))[0]),
+    }
+    gen, opt_g = _apply(
+        optax.masked(optimizer(hp), model.gen_mask), g_grads, state["opt_g"], gen, lr
+    )
+    new_state = {
+        "step": state["step"] + 1,
+        "gen": _clip(gen, hp),
+        "dis": dis,
+        "spectral": {**spectral, **judged},
+        "opt_g": opt_g,
+        "opt_d": opt_d,
+    }
+    metrics = {"d_loss": d_loss, **d_terms, **g_metrics, "lr": lr}
+    if with_grads:
+        metrics["grads"] = {"dis": d_grads, "gen": g_grads}
+    return new_state, metrics
+
+
+class FusedStep:
+    """The step of the accelerator plan: one jitted program over ``mesh``, the state donated,
+    parameters replicated and the global batch sharded on the ``data`` axis."""
+
+    def __init__(
+        self,
+        model: TrainModel,
+        hp: Hparams,
+        mesh: Mesh,
+        *,
+        with_grads: bool = False,
+        remat: bool = False,
+        plan: backend.Plan,
+        precision_name: str = "float32",
+    ):
+        rep, dat = replicated(mesh), batch_sharding(mesh)
+        fn = functools.partial(_fused_step, model, hp, with_grads, remat)
+        self._step = jax.jit(
+            _traced_under(plan, precision_name, fn),
+            in_shardings=(rep, rep, dat, dat),
+            out_shardings=(rep, rep),
+            donate_argnums=(0,),
+        )
+
+    def __call__(self, state: Tree, face_state, real_A: jax.Array, real_B: jax.Array):
+        return self._step(state, face_state, real_A, real_B)
+
+
+def make_step(
+    model: TrainModel,
+    hp: Hparams,
+    mesh: Mesh,
+    *,
+    with_grads: bool = False,
+    remat: bool = False,
+    plan: backend.Plan | None = None,
+    precision_name: str = "float32",
+):
+    """``step(state, face_state, real_A, real_B) -> (state, metrics)`` over ``mesh``.
+
+    ``state`` and ``face_state`` replicated (``replicated(mesh)``), ``real_A``/``real_B`` global
+    batches ``[B,H,W,3]`` sharded on their first axis (``batch_sharding(mesh)``); the metrics
+    are replicated scalars, read by the host only when it needs them. With ``with_grads`` the
+    metrics also hold the raw gradients of the global batch mean (``grads['dis']``,
+    ``grads['gen']``), before weight decay and Adam. Between the forward and backward passes the
+    generators keep only their convolutions' outputs; with ``remat`` nothing.
+
+    The ``plan`` (default: ``backend.plan()``) picks ``SplitStep`` (several programs, CPU) or
+    ``FusedStep`` (one program); both compute the same step.
+    """
+    plan = plan or backend.plan()
+    cls = SplitStep if plan.split_step else FusedStep
+    return cls(
+        model,
+        hp,
+        mesh,
+        with_grads=with_grads,
+        remat=remat,
+        plan=plan,
+        precision_name=precision_name,
+    )

@@ -8,12 +8,14 @@ reader here accepts such a workdir and then uses its latest step.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
+from p2c_jax import paths
 from p2c_jax.nn.models import NetSpec, abstract
 
 CHECKPOINTS = "checkpoints"
@@ -61,9 +63,9 @@ def tree_to_nets(tree: dict, config: dict, where: str = "") -> NetWeights:
     return out
 
 
-def save_nets(directory: str | Path, weights: NetWeights) -> None:
+def save_nets(directory: str | os.PathLike, weights: NetWeights) -> None:
     """Write ``weights`` as our checkpoint directory (replacing nothing: it must not exist)."""
-    directory = Path(directory).absolute()
+    directory = _path(directory)
     if directory.exists():
         raise CheckpointError(f"{directory}: already exists; choose a new --dst")
     tree, config = nets_to_tree(weights)
@@ -74,9 +76,16 @@ def save_nets(directory: str | Path, weights: NetWeights) -> None:
         )
 
 
-def resolve(directory: str | Path) -> Path:
+def _path(directory: str | os.PathLike) -> epath.Path:
+    try:
+        return paths.as_path(directory)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def resolve(directory: str | os.PathLike) -> epath.Path:
     """The checkpoint to read: ``directory`` itself, or the latest step of a training workdir."""
-    d = Path(directory).absolute()
+    d = _path(directory)
     if (d / "config").is_dir() and (d / "nets").is_dir():
         return d
     for root in (d / CHECKPOINTS, d):
@@ -91,7 +100,7 @@ def resolve(directory: str | Path) -> Path:
     )
 
 
-def load_nets(directory: str | Path, nets: list[str] | None = None) -> NetWeights:
+def load_nets(directory: str | os.PathLike, nets: list[str] | None = None) -> NetWeights:
     """Weights of every net (or ``nets``) in our checkpoint or a training workdir's latest one."""
     path = resolve(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:

@@ -13,6 +13,7 @@ The command line is ``p2c_jax.cli.convert`` (``convert_weights.py``).
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from p2c_jax import paths
 from p2c_jax.nn.models import FACENET, TRAINING_NETS, NetSpec, abstract
 from p2c_jax.weights import checkpoint, torch_file
 from p2c_jax.weights.checkpoint import CheckpointError, NetWeights
@@ -172,6 +174,8 @@ def read_torch_file(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
         raise CheckpointError(f"{path}: no such file") from None
     except torch_file.TorchFileError as e:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({e})") from None
+    except ValueError as e:  # an unsupported path scheme (paths.as_path)
+        raise CheckpointError(str(e)) from None
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(
             f"{path}: not a PyTorch checkpoint of state_dicts (holds {type(obj).__name__})"
@@ -240,16 +244,20 @@ def save_torch(path: str | Path, weights: NetWeights) -> None:
         for net, (_, st) in weights.items()
     }
     obj = sds[FACENET] if set(sds) == {FACENET} else sds
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_any(
     path: str | Path, nets: list[str] | None = None, *, log: Callable[[str], None] | None = None
 ) -> NetWeights:
-    """Weights from an original ``.pt``/``.pth`` file or from our checkpoint directory."""
-    if Path(path).is_dir():
+    """Weights from an original ``.pt``/``.pth`` file, our checkpoint directory or a training
+    workdir (local or ``gs://``)."""
+    try:
+        is_dir = paths.as_path(path).is_dir()
+    except ValueError as e:  # an unsupported path scheme
+        raise CheckpointError(str(e)) from None
+    if is_dir:
         return checkpoint.load_nets(path, nets)
     return load_torch(path, nets, log=log)

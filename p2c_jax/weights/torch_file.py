@@ -10,6 +10,7 @@ tensors; any other global is refused, so a file can never run code.
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any, BinaryIO
 
 import ml_dtypes
 import numpy as np
+
+from p2c_jax import paths
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -125,7 +128,7 @@ def _build(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
     return obj
 
 
-def _read_zip(path: Path) -> Any:
+def _read_zip(path: BinaryIO) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pkl = next((n for n in names if n.endswith("data.pkl")), None)
@@ -172,17 +175,20 @@ def _read_legacy(f: BinaryIO) -> Any:
 
 
 def read(path: str | Path) -> Any:
-    """The object ``torch.save`` wrote to ``path``, tensors as NumPy arrays.
+    """The object ``torch.save`` wrote to ``path`` (local or ``gs://``), tensors as NumPy arrays.
 
     Raises ``FileNotFoundError``, or ``TorchFileError`` for anything that is not a file of
     tensors in containers.
     """
-    path = Path(path)
+    path = paths.as_path(path)
+    if path.is_dir():
+        raise TorchFileError(f"{path} is a directory")
     try:
-        if zipfile.is_zipfile(path):
-            return _read_zip(path)
-        with open(path, "rb") as f:
-            return _read_legacy(f)
+        data = io.BytesIO(path.read_bytes())
+        if zipfile.is_zipfile(data):
+            return _read_zip(data)
+        data.seek(0)  # is_zipfile read the end
+        return _read_legacy(data)
     except (TorchFileError, FileNotFoundError):
         raise
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways

@@ -1,0 +1,150 @@
+"""The generator behind a web page and an HTTP API: ``p2c-serve --weights WEIGHTS``.
+
+``/``: the page; ``POST /v1/cartoonize``: multipart field ``file`` (options ``whole_photo``,
+``side_by_side``) -> PNG; ``GET /healthz``. See docs/serving.md. Exit status 2 when the weights
+or a preprocessing backend are unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+
+NET = "genA2B"
+
+
+def precisions() -> list[str]:
+    """``float32``, and what ``load_generator(precision=...)`` takes once it takes one."""
+    from p2c_jax.inference import load_generator
+
+    if "precision" not in inspect.signature(load_generator).parameters:
+        return ["float32"]
+    from p2c_jax.nn import precision
+
+    return list(getattr(precision, "PRECISIONS", ["float32"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from preprocessing.flags import add_backend_flags
+
+    p = argparse.ArgumentParser(prog="p2c-serve", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
+        "training workdir (its latest step)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (%(default)s)")
+    p.add_argument(
+        "--max_upload_mb", type=float, default=20, help="largest upload, MB (%(default)s)"
+    )
+    p.add_argument(
+        "--max_pixels",
+        type=int,
+        default=50_000_000,
+        help="largest image, width x height, checked before decoding (%(default)s)",
+    )
+    p.add_argument("--precision", default="float32", help="the generator's precision (%(default)s)")
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="most faces per forward pass; batch sizes 1, 2, 4, ... up to it are compiled at "
+        "start-up (default: 8 per accelerator, 4 on CPU)",
+    )
+    p.add_argument(
+        "--max_wait_ms",
+        type=float,
+        default=10,
+        help="how long a face waits for others to share its batch (%(default)s ms)",
+    )
+    p.add_argument(
+        "--max_pending",
+        type=int,
+        default=32,
+        help="requests in progress at once; more are answered 503 (%(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="decoding/preprocessing threads (%(default)s)",
+    )
+    p.add_argument(
+        "--max_faces", type=int, default=10, help="whole_photo: most faces (%(default)s)"
+    )
+    p.add_argument(
+        "--min_face",
+        type=float,
+        default=40,
+        help="whole_photo: smallest face in pixels (%(default)s)",
+    )
+    add_backend_flags(p)
+    add_compile_cache_flag(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.precision not in precisions():
+        parser.error(f"--precision: choose from {', '.join(precisions())}")
+    use_compile_cache(args.compile_cache)
+    handler = logging.StreamHandler()  # the root logger may be configured by an import
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    log = logging.getLogger("p2c_jax.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+    import jax
+    import uvicorn
+
+    from p2c_jax import backend
+    from p2c_jax.inference import load_generator
+    from p2c_jax.serve.app import Limits, create_app
+    from p2c_jax.serve.batcher import Buckets
+    from p2c_jax.weights.checkpoint import CheckpointError
+    from preprocessing.flags import preprocessor_from_flags
+
+    try:
+        kwargs = {} if args.precision == "float32" else {"precision": args.precision}
+        gen = load_generator(args.weights, NET, **kwargs)
+    except CheckpointError as e:
+        print(f"error: unusable weights: {e}", file=sys.stderr)
+        return 2
+    per_device = 4 if backend.plan().map_images else 8
+    engine = Buckets(gen, args.batch_size or per_device * len(jax.local_devices()))
+    make = partial(preprocessor_from_flags, args, all_faces=True)
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        max_pending=args.max_pending,
+        max_faces=args.max_faces,
+        min_face=args.min_face,
+    )
+    app = create_app(engine, make, limits, workers=args.workers, max_wait_s=args.max_wait_ms / 1000)
+    try:
+        make()
+    except Exception as e:  # noqa: BLE001 - a missing backend or model file
+        print(
+            f"error: preprocessing backend unusable ({type(e).__name__}: {e}); install "
+            "pip install -e '.[preprocess]'",
+            file=sys.stderr,
+        )
+        return 2
+    app.state.server.setup()  # compiled before the server listens
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""TensorFlow SavedModel and TFLite through ``jax2tf``, the route TensorFlow documents for JAX.
+
+The SavedModel's ``serving_default`` signature takes ``input`` NHWC float32 ``[N,S,S,3]`` in
+[-1,1] and returns ``{"output": [N,S,S,3]}``; the generator is one ``XlaCallModule`` (the
+StableHLO of ``export.common.image_fn``, lowered for CPU, CUDA and TPU) over the weights
+held as variables. TFLite is that SavedModel, lowered for CPU with a fixed batch, converted by
+``tf.lite.TFLiteConverter`` to builtin ops only (no Flex delegate needed): with a symbolic
+batch the converter stops at a ``dynamic_gather`` it does not support (docs/export.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+INPUT, OUTPUT = "input", "output"
+SAVEDMODEL_PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def _module(spec, state, batch: int | None, platforms: tuple[str, ...]):
+    """A ``tf.Module`` whose ``serve`` is the generator's image with ``state`` as variables."""
+    import jax
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    from p2c_jax.export.common import image_fn, plain_convs
+
+    s = spec.img_size
+    leaves, treedef = jax.tree.flatten(jax.tree.map(np.asarray, state))
+
+    def image(weights, x):
+        return image_fn(spec, jax.tree.unflatten(treedef, weights))(x)
+
+    with plain_convs():
+        converted = jax2tf.convert(
+            image,
+            polymorphic_shapes=[None, f"(N, {s}, {s}, 3)" if batch is None else None],
+            native_serialization_platforms=platforms,
+            with_gradient=False,
+        )
+        module = tf.Module()
+        module.weights = [tf.Variable(a, trainable=False) for a in leaves]
+        module.serve = tf.function(
+            lambda x: {OUTPUT: converted(module.weights, x)},
+            input_signature=[tf.TensorSpec([batch, s, s, 3], tf.float32, name=INPUT)],
+            autograph=False,
+        )
+        # trace while the plain-convolution plan is in force
+        signature = module.serve.get_concrete_function()
+    return module, signature
+
+
+def export_savedmodel(spec, state, dst: Path, batch: int | None) -> None:
+    """Write a SavedModel directory (signature ``serving_default``) to ``dst``."""
+    import tensorflow as tf
+
+    from p2c_jax.export.common import plain_convs
+
+    module, signature = _module(spec, state, batch, SAVEDMODEL_PLATFORMS)
+    with plain_convs():  # should saving trace again, it traces the same form
+        tf.saved_model.save(module, str(dst), signatures={"serving_default": signature})
+
+
+def export_tflite(spec, state, dst: Path, batch: int) -> None:
+    """Write a ``.tflite`` flatbuffer of batch ``batch`` to ``dst`` (builtin ops only)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from p2c_jax.export.common import plain_convs
+
+    module, signature = _module(spec, state, batch, ("cpu",))
+    with tempfile.TemporaryDirectory() as tmp, plain_convs():
+        tf.saved_model.save(module, tmp, signatures={"serving_default": signature})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
+    Path(dst).write_bytes(flatbuffer)
+
+
+def interpreter(path: Path):
+    """LiteRT's interpreter (``ai-edge-litert``), else TensorFlow's deprecated one."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=str(path))
+
+
+def tflite_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """NHWC numpy in, NHWC numpy out, through the ``serving_default`` signature runner."""
+    run = interpreter(path).get_signature_runner("serving_default")
+    return lambda x: run(**{INPUT: np.ascontiguousarray(x, np.float32)})[OUTPUT]
+
+
+def savedmodel_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """NHWC numpy in, NHWC numpy out, through the SavedModel's ``serving_default``."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return lambda x: serve(**{INPUT: tf.constant(x, tf.float32)})[OUTPUT].numpy()

@@ -1,0 +1,154 @@
+"""The page in a real browser: headless Chromium (Debian's ``chromium`` and its driver, through
+Selenium) loads ``/`` from a uvicorn server on 127.0.0.1, uploads a photo, waits for both
+cartoons, and saves a screenshot; the result images are shown and decode. Skipped, with the
+reason given as a warning too, only where no browser or driver is installed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
+
+from p2c_jax.inference import load_generator
+from p2c_jax.serve.app import create_app
+from p2c_jax.serve.batcher import Buckets
+from preprocessing.pipeline import Preprocessor
+
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+DRIVER = ("/usr/bin/chromedriver",)
+
+
+def first_existing(paths) -> str | None:
+    return next((p for p in paths if Path(p).is_file()), None)
+
+
+def skip(reason: str):
+    warnings.warn(f"test_page skipped: {reason}", stacklevel=2)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Uvicorn:
+    """A uvicorn server in a thread, on 127.0.0.1 only."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Uvicorn:
+        self.thread.start()
+        deadline = time.monotonic() + 180  # start-up compiles the generator
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def chrome(user_data_dir: Path):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        skip("selenium is not installed (pip install -e '.[test]')")
+    browser, driver = first_existing(CHROMIUM), first_existing(DRIVER)
+    if browser is None or driver is None:
+        skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--no-first-run",
+        "--window-size=1280,900",
+        f"--user-data-dir={user_data_dir}",
+    ):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_page_in_chromium(tmp_path, monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never look for downloads
+    driver = chrome(tmp_path / "chromium-profile")
+    try:
+        weights = tmp_path / "w.pt"
+        make_weights(weights, ngf=8)
+        engine = Buckets(load_generator(weights), max_batch=1)
+        app = create_app(engine, lambda: Preprocessor(StubLandmarker(), soft_mask, all_faces=True))
+        photo = tmp_path / "portrait.jpg"
+        Image.fromarray(synthetic_photo(420, 360, 9)).save(photo, quality=92)
+        port = free_port()
+        with Uvicorn(app, port):
+            driver.set_page_load_timeout(30)
+            driver.set_script_timeout(30)
+            driver.get(f"http://127.0.0.1:{port}/")
+            assert driver.title == "photo2cartoon"
+            driver.find_element("id", "file").send_keys(str(photo))
+            states = "return ['face', 'whole'].map(id => document.getElementById(id).dataset.state)"
+            deadline = time.monotonic() + 120
+            while (got := driver.execute_script(states)) != ["done", "done"]:
+                status = driver.find_element("id", "status").text
+                assert "error" not in got, status
+                assert time.monotonic() < deadline, (got, status)
+                time.sleep(0.1)
+            assert driver.find_element("id", "status").text.startswith("Done in")
+            images = {}
+            for name in ("photo", "face", "whole"):
+                shown = driver.execute_script(
+                    "const i = document.getElementById(arguments[0]);"
+                    "return i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0",
+                    name,
+                )
+                assert shown, name
+                data_url = driver.execute_async_script(
+                    "const done = arguments[1];"
+                    "fetch(document.getElementById(arguments[0]).src).then(r => r.blob())"
+                    ".then(b => { const f = new FileReader(); f.onload = () => done(f.result);"
+                    " f.readAsDataURL(b); });",
+                    name,
+                )
+                raw = base64.b64decode(data_url.split(",", 1)[1])
+                images[name] = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+            assert images["face"].shape == (256, 256, 3)
+            assert images["whole"].shape == images["photo"].shape == (420, 360, 3)
+            assert not np.array_equal(images["whole"], images["photo"])
+            for link in ("face-download", "whole-download"):
+                a = driver.find_element("id", link)
+                assert a.get_attribute("href").startswith("blob:")
+                assert a.get_attribute("aria-disabled") == "false"
+            shot = tmp_path / "page.png"
+            assert driver.save_screenshot(str(shot))
+            assert Image.open(shot).size[0] > 0
+            if os.environ.get("P2C_PAGE_SCREENSHOT"):  # to look at
+                shutil.copy(shot, os.environ["P2C_PAGE_SCREENSHOT"])
+    finally:
+        driver.quit()
