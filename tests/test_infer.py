@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -183,6 +184,28 @@ def test_generated_faces_with_preprocessing(tmp_path, small):
         got = png(tmp_path / "out" / f.name)
         assert_within_one(got, want)
         assert (got[:4, :4] == 255).all()  # masked out: white
+
+
+def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
+    """The Preprocessor built up front (so that an unusable backend fails at once) is the one
+    the first worker uses: 2 workers over 6 photos build 2 Preprocessors in all, not 3."""
+    built = []
+
+    def make() -> Preprocessor:
+        built.append(Preprocessor(StubLandmarker(), soft_mask))
+        return built[-1]
+
+    prepare = Preparer(make)
+    assert len(built) == 1
+    photos = []
+    for i in range(6):
+        f = tmp_path / f"face_{i}.png"
+        Image.fromarray(synthetic_photo(300, 260, i)).save(f)
+        photos.append(f)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(prepare, photos))
+    assert 1 <= len(built) <= 2
+    assert prepare._spare is None  # the first one went to a worker
 
 
 def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):

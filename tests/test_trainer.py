@@ -79,6 +79,7 @@ def _final(workdir: Path) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
 def test_resume_continues_exactly(dataset, tmp_path):
     """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included)."""
@@ -227,6 +228,7 @@ def test_too_small_img_size_names_the_flag(dataset, tmp_path):
         trainer.train(_config(dataset, tmp_path, img_size=64))
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
 def test_cli_sigterm_leaves_restorable_checkpoint_and_exports(dataset, tmp_path, capsys):
     """train.py with the original's flags, sent SIGTERM as soon as it starts training: it
@@ -309,3 +311,79 @@ def _import_train_py():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_train_cli_error_paths(dataset, tmp_path, capsys):
+    """train.py's refusals: exit status 2 and one line naming the flag, nothing written."""
+    from p2c_jax.cli.train import main
+
+    base = ["--dataset", str(dataset), "--img_size", str(SIZE), "--ch", str(CH)]
+    cases = [
+        (["--phase", "test"], "--phase test is infer.py's job"),
+        ([*base, "--precision", "float16"], "--precision: unknown precision 'float16'"),
+        ([*base, "--workdir", "memory://bar/w", "--faceid_weight", "0"], "unsupported scheme"),
+        ([*base, "--workdir", str(tmp_path / "w")], "--faceid_weights model_mobilefacenet.pth"),
+        (["--dataset", str(tmp_path / "nothing"), "--faceid_weight", "0"], "--dataset"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(SystemExit):
+        main(["--light", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err
+
+
+def test_step_cache_keeps_its_face_net(monkeypatch):
+    """The compiled-step cache holds the face net it was built for (it was keyed on its id: a
+    later net could reuse the id of a collected one and get a stale program)."""
+    import gc
+    import weakref
+
+    from flax import nnx
+
+    from p2c_jax.nn.models import NetSpec, build, training_specs
+    from p2c_jax.train import step as ts
+    from p2c_jax.train.face_id import FaceID
+
+    monkeypatch.setattr(trainer, "_STEP_CACHE", {})
+    spec = NetSpec("mobilefacenet", 512)
+    weights = nnx.state(build(spec))
+    face = FaceID(spec, weights)
+    model = ts.TrainModel(training_specs(CH, SIZE, True), face)
+    mesh = ts.make_mesh(jax.devices()[:1])
+    step = trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32")
+    assert trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32") is step
+    alive = weakref.ref(face)
+    del face, model
+    gc.collect()
+    assert alive() is not None  # kept by the cache key, so its id cannot be reused
+    other = FaceID(spec, weights)
+    model = ts.TrainModel(training_specs(CH, SIZE, True), other)
+    assert trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32") is not step
+
+
+def test_light_pretrained_weights_load_at_any_img_size(dataset, tmp_path):
+    """A light generator's weights do not depend on img_size (its FC runs on pooled features):
+    the original's 256 x 256 .pt initialises a 96 x 96 run, as the original allows."""
+    nets = {n: s for n, s in trainer.training_specs(CH, 256, True).items()}
+    pt = tmp_path / "w.pt"
+    sds = {}
+    for name, spec in nets.items():
+        m = (
+            torch_port.ResnetGenerator(CH, 256, True)
+            if spec.kind == "generator"
+            else torch_port.Discriminator(3, CH, spec.n_layers)
+        )
+        sds[name] = m.state_dict()
+    torch.save(sds, pt)
+    cfg = _config(dataset, tmp_path / "run", pretrained_weights=str(pt))
+    loaded = trainer._initial_nets(cfg, trainer.training_specs(CH, SIZE, True), print)
+    got = jax.tree.leaves(loaded["genA2B"])
+    assert len(got) == len(sds["genA2B"])
+    with pytest.raises(trainer.TrainError, match="check --ch"):
+        trainer._initial_nets(
+            _config(dataset, tmp_path / "run", ch=8, pretrained_weights=str(pt)),
+            trainer.training_specs(8, SIZE, True),
+            print,
+        )
