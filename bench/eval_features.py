@@ -36,8 +36,8 @@ def main() -> None:
     import torch
 
     from p2c_jax.eval import inception
-    from p2c_jax.eval import torch_inception as ti
     from p2c_jax.eval.features import FeatureExtractor
+    from p2c_jax.pytorch import inception as ti
 
     path = args.weights or os.environ.get("P2C_FID_INCEPTION") or inception.wheel_file()
     if path is None:

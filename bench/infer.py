@@ -78,23 +78,13 @@ def make_preprocessor() -> Preprocessor:
     return Preprocessor(make_landmarker("dlib"), make_segmenter("grabcut"))
 
 
-def load_torch_port():
-    """Our PyTorch port as a module of its own: importing it through the ``p2c_jax`` package
-    would import JAX, which the original's commands do not pay for."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("torch_port", ROOT / "p2c_jax" / "torch_port.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def torch_generator(weights: Path, ngf: int):
     """``x [n, S, S, 3] -> image`` of the port loaded from the original's weights file, as
     ``test.py`` loads its generator."""
     import torch
 
-    torch_port = load_torch_port()
+    from p2c_jax.pytorch import nets as torch_port  # no JAX: p2c_jax loads its API lazily
+
     model = torch_port.ResnetGenerator(ngf, 256, light=True)
     model.load_state_dict(torch.load(weights, map_location="cpu")["genA2B"])
     return torch_port.nhwc_images(model)
@@ -170,7 +160,9 @@ def main() -> None:
             items.append((f, f.name))
         weights = tmp / "photo2cartoon_weights.pt"
         torch.manual_seed(0)
-        sd = load_torch_port().ResnetGenerator(args.ngf, 256, light=True).state_dict()
+        from p2c_jax.pytorch import nets as torch_port
+
+        sd = torch_port.ResnetGenerator(args.ngf, 256, light=True).state_dict()
         torch.save({"genA2B": sd}, weights)
         threads = ["--torch_threads", str(args.torch_threads)] if args.torch_threads else []
 

@@ -75,6 +75,15 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     return photos, out
 
 
+def compact_png(path: Path) -> None:
+    """Rewrite a PNG with a 256-colour palette (a third of the size, for docs/)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=20)
@@ -138,6 +147,8 @@ def main() -> None:
         ax.set_title(label, fontsize=9, loc="left")
     fig.tight_layout()
     fig.savefig(docs / "learning_samples.png", dpi=90)
+    for name in ("learning_curve.png", "learning_samples.png"):
+        compact_png(docs / name)
 
     result = {
         "minutes": seconds / 60,

@@ -24,7 +24,7 @@ SPEC = NetSpec("generator", 4, img_size=64)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from p2c_jax.eval import torch_inception as ti
+    from p2c_jax.pytorch import inception as ti
 
     root = tmp_path_factory.mktemp("eval")
     scripted = ti.write_torchscript(root / "small.pt", div=8, seed=3)

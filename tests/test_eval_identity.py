@@ -28,7 +28,7 @@ def facenet_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_inception(tmp_path_factory):
-    from p2c_jax.eval import torch_inception as ti
+    from p2c_jax.pytorch import inception as ti
 
     path = ti.write_torchscript(tmp_path_factory.mktemp("inc") / "small.pt", div=8, seed=2)
     return inception.load_inception(path)

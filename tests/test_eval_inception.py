@@ -18,8 +18,8 @@ from PIL import Image
 
 from p2c_jax.cli import convert
 from p2c_jax.eval import inception
-from p2c_jax.eval import torch_inception as ti
 from p2c_jax.eval.features import FeatureExtractor
+from p2c_jax.pytorch import inception as ti
 from p2c_jax.weights.checkpoint import CheckpointError
 
 REAL = [f"aligned_photo_{i}.png" for i in (1, 2, 3)] + [
@@ -84,8 +84,11 @@ def test_features_equal_torchscript_on_generated_images(small):
     ref = ti.reference_features(model, images)
     assert ours.shape == (4, 2048 // 8)
     assert _rel(ours, ref) < 1e-4
-    # and at 299 (no resize), float input
-    x = _generated(2, 299, 1).astype(np.float32)
+
+
+def test_features_equal_torchscript_at_299_without_resize(small):
+    weights, model = small
+    x = _generated(2, 299, 1).astype(np.float32)  # float input, no resize
     ours = np.asarray(jax.jit(inception.features_fn(8))(weights.state, x))
     assert _rel(ours, ti.reference_features(model, x)) < 1e-4
 

@@ -84,7 +84,7 @@ def test_without_eval_freq_the_options_are_the_plain_ones():
 @pytest.mark.slow  # trains 4 steps and compiles the evaluation (~2-3 min on 2 shared cores)
 def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
     from p2c_jax.eval import inception
-    from p2c_jax.eval import torch_inception as ti
+    from p2c_jax.pytorch import inception as ti
 
     data = build_demo(tmp_path / "demo", n_train=6, n_test=3, size=48)
     scripted = ti.write_torchscript(tmp_path / "small.pt", div=8, seed=4)

@@ -285,15 +285,14 @@ def test_onnx_has_the_original_interface(tmp_path):
 
 
 def test_savedmodel_and_tflite(small, tmp_path):
-    """SavedModel with a dynamic batch in TensorFlow, TFLite of batch 1 and 3 in LiteRT."""
+    """SavedModel with a dynamic batch in TensorFlow at batch 1 and 3, a TFLite file of batch 3
+    in LiteRT (batch 1 files: the slow tier)."""
     spec, state, _ = small
     export_state(spec, state, Request("savedmodel", tmp_path / "sm"), check=False)
     x = faces(3, SIZE)
     assert_equal_in_batches(runner("savedmodel", tmp_path / "sm"), spec, state, x)
-    for n in (1, 3):
-        dst = tmp_path / f"g{n}.tflite"
-        export_state(spec, state, Request("tflite", dst, batch=n), check=False)
-        assert_equal_in_batches(runner("tflite", dst), spec, state, x, batches=(n,))
+    export_state(spec, state, Request("tflite", tmp_path / "g.tflite", batch=3), check=False)
+    assert_equal_in_batches(runner("tflite", tmp_path / "g.tflite"), spec, state, x, (3,))
 
 
 # ------------------------------------------------------------------------------ slow tier

@@ -128,7 +128,7 @@ def test_epochs_are_fresh_permutations_and_domains_differ():
 
 def test_test_images_are_the_first_sorted_files_resized(demo):
     files = _files(demo, "testB")
-    got = ip.test_images(demo, "B", SIZE, len(files) + 2)
+    got = ip.held_out_images(demo, "B", SIZE, len(files) + 2)
     want = [_reference_example(files[i % len(files)], None) for i in range(len(files) + 2)]
     np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
 
@@ -182,7 +182,7 @@ def test_tfrecords_give_the_same_batches(demo, tmp_path):
         got = _take(it, 3)
         np.testing.assert_array_equal(np.stack(got), np.stack(want))
         np.testing.assert_array_equal(
-            ip.test_images(records, domain, SIZE, 4), ip.test_images(src, domain, SIZE, 4)
+            ip.held_out_images(records, domain, SIZE, 4), ip.held_out_images(src, domain, SIZE, 4)
         )
 
 

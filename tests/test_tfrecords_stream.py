@@ -158,7 +158,7 @@ def test_remote_datasets_are_read_through_tf_gfile(records, source):
             np.stack([b for _, b in _stream(records[4], 3)]),
         )
         np.testing.assert_array_equal(
-            ip.test_images(remote, "B", SIZE, 5), ip.test_images(source, "B", SIZE, 5)
+            ip.held_out_images(remote, "B", SIZE, 5), ip.held_out_images(source, "B", SIZE, 5)
         )
         with pytest.raises(ip.DatasetError, match=r"--dataset ram://p2c-test/none: no TFRecord"):
             ip.resolve_dataset("ram://p2c-test/none")

@@ -1,7 +1,7 @@
 """Our PyTorch port of the original trainer's step (``UgatitSadalinHourglass.train``), the
 reference of the training parity tests and of ``bench/train_step.py``.
 
-Written from the original's semantics on our port of its networks (``torch_port``): the D
+Written from the original's semantics on our port of its networks (``p2c_jax.pytorch.nets``): the D
 update, then the G update against the updated discriminators, Adam(0.5, 0.999) with L2 weight
 decay 1e-4, the in-place linear lr decay over the second half of ``iteration``, and the rho / w
 clippers. One deliberate difference: the Face-ID loss is the batch mean of ``1 - cos`` (the
@@ -21,10 +21,10 @@ from p2c_jax.pytorch.nets import face_crop_112
 
 
 class TorchTrainer:
-    """The original training step on ``nets`` (the six nets of ``torch_port``, by name) and a
+    """The original training step on ``nets`` (the six nets of ``p2c_jax.pytorch.nets``, by name) and a
     frozen ``facenet`` (``torch_port.MobileFaceNet``, or None with ``faceid_weight`` 0).
 
-    ``hp`` has the fields of ``train_step.Hparams``. ``step(real_A, real_B)`` takes NCHW
+    ``hp`` is a ``p2c_jax.train.config.Hparams``. ``step(real_A, real_B)`` takes NCHW
     batches in [-1, 1] and returns the losses as floats.
     """
 

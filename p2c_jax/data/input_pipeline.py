@@ -389,7 +389,9 @@ def train_batches(
     )
 
 
-def test_images(dataset_dir: str | os.PathLike, domain: str, img_size: int, n: int) -> np.ndarray:
+def held_out_images(
+    dataset_dir: str | os.PathLike, domain: str, img_size: int, n: int
+) -> np.ndarray:
     """The first `n` images of `test<domain>` (wrapping around if fewer), test transform,
     float32 [n, img_size, img_size, 3] in [-1, 1]. TFRecords are read through once, holding
     only those `n` images."""
@@ -402,6 +404,3 @@ def test_images(dataset_dir: str | os.PathLike, domain: str, img_size: int, n: i
         folder = _Split(dataset_dir, split, None)
         first = [folder.load(i) for i in range(min(n, len(folder)))]
     return np.stack([transform(first[i % len(first)], img_size, None) for i in range(n)])
-
-
-test_images.__test__ = False  # not a pytest test, although its name says so

@@ -354,7 +354,7 @@ _SCRIPT_GLOBALS = {
 }
 
 
-class _ScriptUnpickler(torch_file._Unpickler):
+class _ScriptUnpickler(torch_file.Unpickler):
     """torch_file's safe unpickler plus the module classes of a TorchScript archive."""
 
     def find_class(self, module: str, name: str) -> Any:
@@ -400,7 +400,7 @@ def read_torchscript(path: str | Path) -> dict[str, Any]:
                 unpickler = _ScriptUnpickler(f)
                 obj = _as_tree(unpickler.load())
             return _flatten(
-                torch_file._build(
+                torch_file.rebuild(
                     obj,
                     lambda key: np.frombuffer(
                         archive.read(f"{prefix}data/{key}"), unpickler.storages[key]

@@ -14,13 +14,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+    from p2c_jax.nn.models import NetSpec
 
 from p2c_jax.export.common import (
     DYNAMIC_BATCH,
     FORMATS,
-    LAYOUT,
     PRECISIONS,
     SUPPORTED_PRECISIONS,
     Check,
@@ -34,7 +39,6 @@ from p2c_jax.export.stablehlo import load_exported
 __all__ = [
     "DYNAMIC_BATCH",
     "FORMATS",
-    "LAYOUT",
     "PRECISIONS",
     "SUPPORTED_PRECISIONS",
     "Check",
@@ -55,7 +59,7 @@ class Report:
     """What was written: the file, the generator's spec, and the check (None: not run)."""
 
     dst: Path
-    spec: object
+    spec: NetSpec
     check: Check | None
 
 
@@ -76,7 +80,7 @@ def runner(fmt: str, path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     return make(path)
 
 
-def _write(spec, state, req: Request, net: str, path: Path) -> None:
+def _write(spec: NetSpec, state: nnx.State, req: Request, net: str, path: Path) -> None:
     if req.fmt == "onnx":
         from p2c_jax.export import onnx
 
@@ -95,7 +99,9 @@ def _write(spec, state, req: Request, net: str, path: Path) -> None:
         tflite.export_tflite(spec, state, path, req.batch)
 
 
-def export_state(spec, state, req: Request, net: str = "genA2B", check: bool = True) -> Report:
+def export_state(
+    spec: NetSpec, state: nnx.State, req: Request, net: str = "genA2B", check: bool = True
+) -> Report:
     """Write generator ``spec``/``state`` as ``req`` asks; with ``check``, run the file against
     our JAX generator first (batch 1 and 3, or the fixed batch) and raise ``ExportError``,
     leaving nothing at ``req.dst``, when it is not within the tolerance."""

@@ -10,8 +10,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+    from p2c_jax.nn.models import NetSpec
 
 FORMATS = ("onnx", "stablehlo", "tflite", "savedmodel")
 PRECISIONS = ("float32", "bfloat16")
@@ -29,9 +35,6 @@ DYNAMIC_BATCH = ("onnx", "stablehlo", "savedmodel")
 # operations (XLA folds the exported constants differently) can flip a rounding of an operand,
 # a step of 2^-8 relative that later layers carry on, so its bound is some such steps.
 MAX_ABS = {"float32": 1e-4, "bfloat16": 3e-2}
-
-# Which layout each format's file takes: the original ONNX file's NCHW, TensorFlow's and ours NHWC.
-LAYOUT = {"onnx": "NCHW", "stablehlo": "NHWC", "tflite": "NHWC", "savedmodel": "NHWC"}
 
 
 class ExportError(ValueError):
@@ -83,7 +86,7 @@ def validate(req: Request) -> None:
         raise ExportError(f"{req.dst}: its folder does not exist")
 
 
-def sized_spec(spec, img_size: int | None):
+def sized_spec(spec: NetSpec, img_size: int | None) -> NetSpec:
     """``spec`` at ``img_size``: any size for a light generator, only its own otherwise."""
     if img_size is None or img_size == spec.img_size:
         return spec
@@ -95,7 +98,7 @@ def sized_spec(spec, img_size: int | None):
     return dataclasses.replace(spec, img_size=img_size)
 
 
-def image_fn(spec, state, precision: str = "float32") -> Callable:
+def image_fn(spec: NetSpec, state: nnx.State, precision: str = "float32") -> Callable:
     """``x [N,S,S,3] float32 in [-1,1] -> image [N,S,S,3] float32``: the generator's image
     with ``state`` as constants, in ``precision`` (``nn.precision``: bfloat16 products,
     float32 statistics). Trace it inside ``plain_convs()``."""
@@ -126,7 +129,7 @@ def plain_convs() -> Iterator[None]:
 
 def probe_images(n: int, size: int) -> np.ndarray:
     """``n`` deterministic faces [n,S,S,3] float32 in [-1,1]: the astronaut's face bundled with
-    scikit-image, flipped, shifted and lit differently, then smooth noise for odd inputs."""
+    scikit-image, flipped, shifted and lit differently; every fourth one smooth noise."""
     import cv2
     from skimage import data
 
@@ -145,7 +148,9 @@ def probe_images(n: int, size: int) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def reference(spec, state, x: np.ndarray, precision: str = "float32") -> np.ndarray:
+def reference(
+    spec: NetSpec, state: nnx.State, x: np.ndarray, precision: str = "float32"
+) -> np.ndarray:
     """Our JAX generator's image of NHWC ``x`` (``inference.forward``): float32 as ``p2c-infer``
     runs it here (this backend's plan); bfloat16 under the plain-convolution plan, the one
     exported, since bfloat16 rounds differently in each plan's convolution forms."""
@@ -178,8 +183,8 @@ class Check:
 
 def check(
     run: Callable[[np.ndarray], np.ndarray],
-    spec,
-    state,
+    spec: NetSpec,
+    state: nnx.State,
     batches: tuple[int, ...],
     precision: str,
 ) -> Check:

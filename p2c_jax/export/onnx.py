@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+    from p2c_jax.nn.models import NetSpec
 
 INPUT, OUTPUT = "input", "output"
 OPSET = 18  # the lowest opset torch's exporter writes without a lossy version conversion
@@ -82,7 +88,7 @@ def _staged_normalisations(model):
     return model
 
 
-def _image_module(spec, state):
+def _image_module(spec: NetSpec, state: nnx.State):
     """Our PyTorch port with ``state``, returning only the image (not cam_logit, heatmap)."""
     import torch
 
@@ -99,7 +105,7 @@ def _image_module(spec, state):
     return Image(_staged_normalisations(from_state(spec, state))).eval()
 
 
-def export(spec, state, dst: Path, batch: int | None, net: str) -> None:
+def export(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None, net: str) -> None:
     """Write the ONNX file of ``spec``/``state`` to ``dst`` (one file, weights inside)."""
     import contextlib
     import io

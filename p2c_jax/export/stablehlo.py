@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+    from p2c_jax.nn.models import NetSpec
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def export(spec, state, dst: Path, batch: int | None, precision: str) -> None:
+def export(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None, precision: str) -> None:
     """Write the serialized ``jax.export.Exported`` of the generator's image to ``dst``."""
     import jax
     from jax import export as jax_export

@@ -129,7 +129,7 @@ def _test_uint8(dataset_dir, domain: str, img_size: int, count: int) -> np.ndarr
     transform's image before its conversion to [-1, 1], which is exact to invert)."""
     n = _split_size(dataset_dir, f"test{domain}")
     n = min(n, count) if count > 0 else n
-    x = input_pipeline.test_images(dataset_dir, domain, img_size, n)
+    x = input_pipeline.held_out_images(dataset_dir, domain, img_size, n)
     return np.rint((x * 0.5 + 0.5) * 255).astype(np.uint8)
 
 

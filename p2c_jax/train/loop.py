@@ -234,7 +234,7 @@ class _Sampler:
     def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path, workdir: epath.Path):
         self.cfg, self.dataset_dir, self.workdir = cfg, dataset_dir, workdir
         self.test = {
-            d: input_pipeline.test_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
+            d: input_pipeline.held_out_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
         }
         self._forward = forward(model.specs["genA2B"], cfg.precision)
 

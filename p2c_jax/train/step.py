@@ -6,9 +6,10 @@ The state is a plain pytree (pure dicts of arrays, big_vision style)::
      "gen": {genA2B, genB2A: params}, "dis": {disGA, disGB, disLA, disLB: params},
      "spectral": {disGA, ...: weight_u / weight_v}, "opt_g": ..., "opt_d": ...}
 
-and the step (``TrainStep``) is a function of (state, frozen face-ID state, global batch of A, of B)
-whose programs are mapped over the mesh axis ``data`` with ``jax.shard_map``: params replicated,
-the batch split over devices, gradients summed across devices and hosts, the state donated.
+and the step (``make_step``) is a function of (state, frozen face-ID state, global batch of A,
+of B) over the mesh axis ``data``: params replicated, the batch split over devices, gradients
+summed across devices and hosts, the state donated. Under the accelerator plan it is one
+program (``FusedStep``); under the CPU plan several, each a ``jax.shard_map`` (``SplitStep``).
 
 Semantics of the original ``UgatitSadalinHourglass.train`` step, in its order:
 

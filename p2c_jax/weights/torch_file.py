@@ -85,7 +85,10 @@ _GLOBALS = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class Unpickler(pickle.Unpickler):
+    """Unpickles tensors and containers only (any other global is refused); records the dtype
+    of every storage it meets in ``storages``."""
+
     def __init__(self, file: BinaryIO):
         super().__init__(file)
         self.storages: dict[str, np.dtype] = {}  # key -> dtype of every storage referenced
@@ -110,7 +113,7 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, int(view[1]) if view is not None else 0)
 
 
-def _build(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
+def rebuild(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
     """``obj`` with every ``_Tensor`` replaced by an array of its own memory; ``storage(key)``
     is the flat array of a storage."""
     if isinstance(obj, _Tensor):
@@ -122,9 +125,9 @@ def _build(obj: Any, storage: Callable[[str], np.ndarray]) -> Any:
         strides = tuple(s * flat.itemsize for s in obj.stride)
         return np.lib.stride_tricks.as_strided(flat, obj.shape, strides).copy()
     if isinstance(obj, dict):
-        return type(obj)((k, _build(v, storage)) for k, v in obj.items())
+        return type(obj)((k, rebuild(v, storage)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_build(v, storage) for v in obj)
+        return type(obj)(rebuild(v, storage) for v in obj)
     return obj
 
 
@@ -138,7 +141,7 @@ def _read_zip(path: BinaryIO) -> Any:
         if prefix + "byteorder" in names and archive.read(prefix + "byteorder") != b"little":
             raise TorchFileError("big-endian tensors are not supported")
         with archive.open(pkl) as f:
-            unpickler = _Unpickler(f)
+            unpickler = Unpickler(f)
             obj = unpickler.load()
         cache: dict[str, np.ndarray] = {}
 
@@ -149,11 +152,11 @@ def _read_zip(path: BinaryIO) -> Any:
                 )
             return cache[key]
 
-        return _build(obj, storage)
+        return rebuild(obj, storage)
 
 
 def _read_legacy(f: BinaryIO) -> Any:
-    plain = _Unpickler(f)
+    plain = Unpickler(f)
     if plain.load() != _LEGACY_MAGIC:
         raise TorchFileError("neither a zip archive nor a legacy torch.save stream")
     if plain.load() != _LEGACY_PROTOCOL:
@@ -161,17 +164,17 @@ def _read_legacy(f: BinaryIO) -> Any:
     sys_info = plain.load()
     if not sys_info.get("little_endian", True):
         raise TorchFileError("big-endian tensors are not supported")
-    main = _Unpickler(f)
+    main = Unpickler(f)
     obj = main.load()
     storages = {}
-    for key in _Unpickler(f).load():  # each: int64 element count, then the elements
+    for key in Unpickler(f).load():  # each: int64 element count, then the elements
         count = int(np.frombuffer(f.read(8), "<i8")[0])
         dtype = main.storages[str(key)]
         data = f.read(count * dtype.itemsize)
         if len(data) != count * dtype.itemsize:
             raise TorchFileError("the file ends inside a storage")
         storages[str(key)] = np.frombuffer(data, dtype)
-    return _build(obj, storages.__getitem__)
+    return rebuild(obj, storages.__getitem__)
 
 
 def read(path: str | Path) -> Any:
