@@ -360,6 +360,30 @@ def test_unusable_weights_exit_2(tmp_path, capsys, kind):
     assert err.startswith("error: unusable weights: ") and str(weights) in err
 
 
+def test_unknown_precision_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "-o", str(tmp_path / "o"), "--weights", "w.pt", "--precision", "f16"])
+    assert exit_.value.code == 2
+    assert "--precision: invalid choice: 'f16'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bfloat16_cartoons_near_float32(tmp_path, small):
+    """infer.py --precision bfloat16 against float32 on aligned faces: PSNR >= 35 dB."""
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(synthetic_photo(256, 256, i)).save(src / f"a{i}.png")
+    out = {}
+    for name in ("float32", "bfloat16"):
+        argv = [str(src), "-o", str(tmp_path / name), "--weights", str(path), "--no_preprocess"]
+        assert main([*argv, "--precision", name, "--no_progress"]) == 0
+        out[name] = [png(tmp_path / name / f"a{i}.png").astype(np.float64) for i in range(2)]
+    for a, b in zip(out["float32"], out["bfloat16"]):
+        assert 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)) >= 35
+
+
 def test_nothing_to_do_exit_2(tmp_path, small, capsys):
     path, _ = small
     (tmp_path / "empty").mkdir()

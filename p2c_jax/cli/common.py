@@ -37,3 +37,14 @@ def add_compile_cache_flag(p: argparse.ArgumentParser) -> None:
 def use_compile_cache(folder: str) -> None:
     if folder != "none":
         jax.config.update("jax_compilation_cache_dir", folder)
+
+
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    from p2c_jax.nn.precision import PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="the generator's products: float32, or bfloat16 (statistics and outputs float32)",
+    )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+from p2c_jax.cli.common import add_compile_cache_flag, add_precision_flag, use_compile_cache
 
 NET = "genA2B"
 
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_backend_flags(p)
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    add_precision_flag(p)
     add_compile_cache_flag(p)
     return p
 
@@ -109,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = [(p, rel) for p, rel in discover(args.inputs) if output not in p.absolute().parents]
     try:
         generator = BatchedGenerator(
-            load_generator(args.weights, NET), args.batch_size or default_batch_size()
+            load_generator(args.weights, NET, args.precision),
+            args.batch_size or default_batch_size(),
         )
         reference = cartoonize.torch_twin(generator) if args.compare_torch else None
     except CheckpointError as e:

@@ -8,27 +8,15 @@ or a preprocessing backend are unusable.
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from functools import partial
 
-from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+from p2c_jax.cli.common import add_compile_cache_flag, add_precision_flag, use_compile_cache
 
 NET = "genA2B"
-
-
-def precisions() -> list[str]:
-    """``float32``, and what ``load_generator(precision=...)`` takes once it takes one."""
-    from p2c_jax.inference import load_generator
-
-    if "precision" not in inspect.signature(load_generator).parameters:
-        return ["float32"]
-    from p2c_jax.nn import precision
-
-    return list(getattr(precision, "PRECISIONS", ["float32"]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=50_000_000,
         help="largest image, width x height, checked before decoding (%(default)s)",
     )
-    p.add_argument("--precision", default="float32", help="the generator's precision (%(default)s)")
+    add_precision_flag(p)
     p.add_argument(
         "--batch_size",
         type=int,
@@ -95,8 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.precision not in precisions():
-        parser.error(f"--precision: choose from {', '.join(precisions())}")
     use_compile_cache(args.compile_cache)
     handler = logging.StreamHandler()  # the root logger may be configured by an import
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
@@ -116,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from preprocessing.flags import preprocessor_from_flags
 
     try:
-        kwargs = {} if args.precision == "float32" else {"precision": args.precision}
-        gen = load_generator(args.weights, NET, **kwargs)
+        gen = load_generator(args.weights, NET, args.precision)
     except CheckpointError as e:
         print(f"error: unusable weights: {e}", file=sys.stderr)
         return 2
