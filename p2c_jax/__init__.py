@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from p2c_jax.export import load_exported
     from p2c_jax.inference import CompiledNet, load_face_embedder, load_generator
     from p2c_jax.nn.models import NetSpec, build
     from p2c_jax.weights.checkpoint import CheckpointError

@@ -2,8 +2,10 @@
 for weights given as the original .pt, our checkpoint and a training workdir, at batch 1 and 3;
 the ONNX file has the original's interface; bad input writes nothing.
 
-Small perturbed generators (ngf 8, 64 x 64) keep the default tier fast; every format from
-every weights source and the 256 x 256 files are in the slow tier."""
+Small perturbed generators (ngf 8, 64 x 64) keep the default tier short: bad input, the
+StableHLO file from every source in a fresh jax, the ONNX interface at 256 x 256 (each of the
+last two ~20 s on 2 cores). SavedModel and TFLite, every format from every weights source and
+the 256 x 256 files on the aligned photos are in the slow tier."""
 
 from __future__ import annotations
 
@@ -284,6 +286,7 @@ def test_onnx_has_the_original_interface(tmp_path):
 # ------------------------------------------------------------------------------ TensorFlow
 
 
+@pytest.mark.slow
 def test_savedmodel_and_tflite(small, tmp_path):
     """SavedModel with a dynamic batch in TensorFlow at batch 1 and 3, a TFLite file of batch 3
     in LiteRT (batch 1 files: the slow tier)."""
