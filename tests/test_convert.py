@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from reference import nchw, perturb
 
 import p2c_jax
@@ -191,3 +192,18 @@ def test_load_face_embedder(tmp_path):
         want = face(nchw(x)).numpy()
     emb = p2c_jax.load_face_embedder(tmp_path / "model_mobilefacenet.pth")
     np.testing.assert_allclose(np.asarray(emb(x)), want, atol=1e-5)
+
+
+def test_other_float_dtypes_converted_with_a_warning_ints_refused(tmp_path):
+    """A float64 (or float16) file is read into our float32 nets with a warning naming the
+    tensors; a tensor of a non-float dtype where a float one belongs is refused."""
+    sd = torch_port.Discriminator(3, 4, 5).state_dict()
+    torch.save({"disLA": {k: v.double() for k, v in sd.items()}}, tmp_path / "f64.pt")
+    with pytest.warns(UserWarning, match=r"converted \(float64, converted to float32\)"):
+        weights = load_torch(tmp_path / "f64.pt")
+    state = weights["disLA"][1]
+    assert all(v[...].dtype == np.float32 for _, v in nnx.to_flat_state(state))
+    key = next(k for k in sd if k.endswith("weight_orig"))
+    torch.save({"disLA": {**sd, key: sd[key].to(torch.int32)}}, tmp_path / "int.pt")
+    with pytest.raises(CheckpointError, match=f"{key} has dtype int32, expected float32"):
+        load_torch(tmp_path / "int.pt")

@@ -357,3 +357,27 @@ def test_name_collisions_keep_both(tmp_path, photo):
     Image.open(photo).save(photo.with_suffix(".png"))
     run(discover([str(photo.parent)]), tmp_path / "out", as_is, progress=False)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p.jpg.png", "p.png.png"]
+
+
+def test_report_keeps_what_finished_before_a_crash(tmp_path, photo):
+    """report.jsonl is written line by line: a run that dies on its third input (here an
+    interrupt the runner does not catch) leaves the first two recorded, and a re-run skips
+    them."""
+    d = photo.parent
+    for i in range(4):
+        (d / f"p{i}.png").write_bytes(photo.read_bytes())
+    calls = []
+
+    def process(image):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return as_is(image)
+
+    items = discover([str(d / f"p{i}.png") for i in range(4)])
+    with pytest.raises(KeyboardInterrupt):
+        run(items, tmp_path / "out", process, progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "report.jsonl").read_text().splitlines()]
+    assert [(r["name"], r["status"]) for r in lines] == [("p0.png", "done"), ("p1.png", "done")]
+    summary = run(items, tmp_path / "out", as_is, progress=False)
+    assert (summary.skipped, summary.done) == (2, 2)
