@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import cv2
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,11 +24,9 @@ from preprocessing.io import load_rgb
 
 def _equations(jaxpr) -> list:
     """Every equation of ``jaxpr`` and of the jaxprs nested in it."""
-    out = []
-    for eqn in jaxpr.eqns:
-        out.append(eqn)
-        for sub in jax.core.subjaxprs(eqn):
-            out += _equations(sub)
+    out = list(jaxpr.eqns)
+    for sub in jax.extend.core.subjaxprs(jaxpr):
+        out += _equations(sub)
     return out
 
 
