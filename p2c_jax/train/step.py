@@ -671,16 +671,25 @@ def _fused_step(
     """The whole step as one function of global arrays (XLA partitions it over the mesh).
 
     The two translations run once, through ``jax.vjp``; the D update uses their outputs, and the
-    G loss's gradient reaches them through their cotangents, as in ``SplitStep``.
+    G loss's gradient reaches them through their cotangents, as in ``SplitStep``. Generator calls
+    that do not depend on each other run as one ``lax.map`` over the stacked calls, so the
+    generator appears twice in the program, not six times (its compile time grows with that).
     """
     policy = None if remat else jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
+    one = jax.checkpoint(functools.partial(model.generator, "genA2B"), policy=policy)
 
-    def generator(name: str, params: Tree, x: jax.Array):
-        return jax.checkpoint(functools.partial(model.generator, name), policy=policy)(params, x)
+    def generators(calls: list[tuple[Tree, jax.Array]]) -> list[tuple[jax.Array, jax.Array]]:
+        """(image, CAM logit) of each (params, x); both generators share one spec."""
+        params = jax.tree.map(lambda *a: jnp.stack(a), *[p for p, _ in calls])
+        ys, cams = jax.lax.map(lambda px: one(*px), (params, jnp.stack([x for _, x in calls])))
+        return [(ys[i], cams[i]) for i in range(len(calls))]
+
+    def translate(gen_A2B: Tree, gen_B2A: Tree):
+        (A2B, cam_A2B), (B2A, cam_B2A) = generators([(gen_A2B, real_A), (gen_B2A, real_B)])
+        return A2B, cam_A2B, B2A, cam_B2A
 
     gen, lr = state["gen"], learning_rate(hp, state["step"] + 1)
-    (A2B, cam_A2B), pullback_A2B = jax.vjp(lambda p: generator("genA2B", p, real_A), gen["genA2B"])
-    (B2A, cam_B2A), pullback_B2A = jax.vjp(lambda p: generator("genB2A", p, real_B), gen["genB2A"])
+    (A2B, cam_A2B, B2A, cam_B2A), pullback = jax.vjp(translate, gen["genA2B"], gen["genB2A"])
 
     def d_objective(dis, spectral):
         return model.d_loss(hp, dis, spectral, real_A, real_B, A2B, B2A)
@@ -691,12 +700,19 @@ def _fused_step(
     dis, opt_d = _apply(optimizer(hp), d_grads, state["opt_d"], state["dis"], lr)
 
     def g_objective(gen, A2B, cam_A2B, B2A, cam_B2A):
+        cycle_A, cycle_B, same_A, same_B = generators(
+            [
+                (gen["genB2A"], A2B),
+                (gen["genA2B"], B2A),
+                (gen["genB2A"], real_A),
+                (gen["genA2B"], real_B),
+            ]
+        )
         parts, new_spectral = [], {}
-        for real, fake, cam, back, judges in (
-            (real_A, A2B, cam_A2B, "genB2A", ("disGB", "disLB")),
-            (real_B, B2A, cam_B2A, "genA2B", ("disGA", "disLA")),
+        for real, fake, cam, cycle, judges in (
+            (real_A, A2B, cam_A2B, cycle_A[0], ("disGB", "disLB")),
+            (real_B, B2A, cam_B2A, cycle_B[0], ("disGA", "disLA")),
         ):
-            cycle, _ = generator(back, gen[back], fake)
             loss, terms, judged = model.translation_loss(
                 hp,
                 judges,
@@ -710,9 +726,8 @@ def _fused_step(
             )
             parts.append((loss, terms))
             new_spectral.update(zip(judges, judged))
-        for real, name in ((real_A, "genB2A"), (real_B, "genA2B")):
-            loss, terms = model.identity_loss(hp, real, *generator(name, gen[name], real))
-            parts.append((loss, terms))
+        for real, same in ((real_A, same_A), (real_B, same_B)):
+            parts.append(model.identity_loss(hp, real, *same))
         total = sum(loss for loss, _ in parts)
         metrics = {
             f"g_{k}": sum(terms[k] for _, terms in parts if k in terms)
@@ -724,9 +739,10 @@ def _fused_step(
         g_objective, argnums=(0, 1, 2, 3, 4), has_aux=True
     )(gen, A2B, cam_A2B, B2A, cam_B2A)
     g_grads, ct_A2B, ct_cam_A2B, ct_B2A, ct_cam_B2A = grads
+    via_A2B, via_B2A = pullback((ct_A2B, ct_cam_A2B, ct_B2A, ct_cam_B2A))
     g_grads = {
-        "genA2B": jax.tree.map(jnp.add, g_grads["genA2B"], pullback_A2B((ct_A2B, ct_cam_A2B))[0]),
-        "genB2A": jax.tree.map(jnp.add, g_grads["genB2A"], pullback_B2A((ct_B2A, ct_cam_B2A))[0]),
+        "genA2B": jax.tree.map(jnp.add, g_grads["genA2B"], via_A2B),
+        "genB2A": jax.tree.map(jnp.add, g_grads["genB2A"], via_B2A),
     }
     gen, opt_g = _apply(
         optax.masked(optimizer(hp), model.gen_mask), g_grads, state["opt_g"], gen, lr
@@ -760,6 +776,8 @@ class FusedStep:
         plan: backend.Plan,
         precision_name: str = "float32",
     ):
+        if model.specs["genA2B"] != model.specs["genB2A"]:
+            raise ValueError("the fused step runs both generators as one: they need one spec")
         rep, dat = replicated(mesh), batch_sharding(mesh)
         fn = functools.partial(_fused_step, model, hp, with_grads, remat)
         self._step = jax.jit(
