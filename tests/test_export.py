@@ -189,6 +189,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_stablehlo_from_each_source_runs_in_a_fresh_jax(small, tmp_path, capsys):
     """Same weights from .pt, checkpoint and workdir: byte-identical files; one deserialised in a
     process that imports only jax and numpy equals our generator at batch 1 and 3."""
@@ -247,6 +248,7 @@ def test_load_exported_needs_only_jax(small, tmp_path):
 # ------------------------------------------------------------------------------ ONNX
 
 
+@pytest.mark.slow
 def test_onnx_has_the_original_interface(tmp_path):
     """ngf 8 at 256 from an original .pt: the names, layout and shapes of the released file,
     run as the original's test_onnx.py runs it (NCHW in, ['output'] fetched)."""
