@@ -35,15 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from p2c_jax import paths
+    from p2c_jax.eval import inception  # evaluation's FID Inception: a TorchScript default_1.pt
     from p2c_jax.weights import checkpoint
     from p2c_jax.weights.checkpoint import CheckpointError
     from p2c_jax.weights.convert import load_torch, save_torch
 
-    src, dst = Path(args.src), Path(args.dst)
-    from p2c_jax.eval import inception  # evaluation's FID Inception: a TorchScript default_1.pt
-
-    if src.is_file() and inception.is_torchscript(src):
-        return inception.convert_cli(src, dst)
+    try:
+        src, dst = paths.as_path(args.src), paths.as_path(args.dst)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not paths.is_remote(src) and src.is_file() and inception.is_torchscript(Path(src)):
+        return inception.convert_cli(Path(src), Path(dst))
     try:
         if args.best:
             from p2c_jax.train.evaluation import best_checkpoint
