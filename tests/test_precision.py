@@ -127,6 +127,7 @@ def test_ten_bfloat16_steps_stay_near_float32():
     for a, b in zip(l32, l16):
         for k in ("d_loss", "g_loss"):
             assert b[k] == pytest.approx(a[k], rel=0.05), (k, a[k], b[k])
+    cosines = {}
     for group in ("gen", "dis"):
         for net in s32[group]:
             d32 = np.concatenate(
@@ -145,5 +146,6 @@ def test_ten_bfloat16_steps_stay_near_float32():
                     )
                 ]
             )
-            cos = d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16))
-            assert cos >= 0.9, (net, cos)
+            cosines[net] = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
+    print("COSINES", cosines)
+    assert min(cosines.values()) >= 0.9, cosines
