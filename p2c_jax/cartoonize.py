@@ -13,6 +13,7 @@ computes. Every input gets a line in ``report.jsonl`` as it finishes.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 from collections import deque
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from p2c_jax import paths
 from p2c_jax.inference import BatchedGenerator
 from preprocessing.generator_io import (
     Prepared,
@@ -154,7 +156,7 @@ def run_pipelined(
 
 def run(
     items: Iterable[tuple[Path, str]],
-    output: str | Path,
+    output: str | os.PathLike,
     generator: BatchedGenerator,
     prepare: Callable[[Path], Prepared],
     *,
@@ -167,7 +169,7 @@ def run(
 
     Returns the summary and, given a ``reference`` generator, the difference against it.
     """
-    output = Path(output)
+    output = paths.as_path(output)  # local, or gs:// (an object per file)
     items = list(items)
     names = output_names(rel for _, rel in items)
     diff_total = TorchDiff() if reference is not None else None

@@ -12,6 +12,7 @@ largest (usually the nearest) face is on top.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from p2c_jax import paths
 from p2c_jax.cartoonize import Preparer, output_names, run_pipelined
 from p2c_jax.inference import BatchedGenerator
 from preprocessing.generator_io import Prepared, postprocess, prepare_face
@@ -152,7 +154,7 @@ class _Pending:
 
 def run(
     items: Iterable[tuple[Path, str]],
-    output: str | Path,
+    output: str | os.PathLike,
     generator: BatchedGenerator,
     prepare: Callable[[Path], Photo],
     *,
@@ -166,7 +168,7 @@ def run(
 
     The report line of a photo names the faces found and used; a bad input never stops the run.
     """
-    output = Path(output)
+    output = paths.as_path(output)  # local, or gs:// (an object per file)
     items = list(items)
     names = output_names(rel for _, rel in items)
     counts = FaceCount()

@@ -87,8 +87,21 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``scheme://`` URL (``gs://``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that the path holds either nothing or the whole file."""
+    """Write bytes so that the path holds either nothing or the whole file.
+
+    A ``gs://`` path (an ``etils.epath.Path`` or a string) is one object upload, which GCS makes
+    visible only once complete; a local one a temporary file renamed into place."""
+    if is_url(path):
+        from etils import epath
+
+        epath.Path(path).write_bytes(data)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -1,20 +1,25 @@
 """The per-input report of a folder job (preprocessing, inference): ``report.jsonl`` and a summary.
 
 Each finished input is appended to the report at once, so a crash loses nothing already done;
-a re-run reads it back to skip inputs whose outputs exist.
+a re-run reads it back to skip inputs whose outputs exist. In a ``gs://`` folder, whose objects
+cannot be appended to, the whole report is uploaded again at most every ``UPLOAD_EVERY_S``
+seconds and when the run ends: a crash loses the last seconds' lines, whose inputs a re-run
+does again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import ImageError
+from .io import ImageError, is_url
 
 REPORT_NAME = "report.jsonl"
+UPLOAD_EVERY_S = 10.0
 
 
 def reason_of(exc: BaseException) -> str:
@@ -62,17 +67,36 @@ class Report:
     """
 
     def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
-        self.path = Path(folder) / name
+        if is_url(folder):
+            from etils import epath
+
+            self.path = epath.Path(folder) / name
+        else:
+            self.path = Path(folder) / name
         self.previous = _read(self.path) if resume else {}
         self.summary = Summary()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._lines: list[str] = []  # gs:// only: the report so far, uploaded whole
+        self._uploaded = -float("inf")
+        self._file = None
+        if not is_url(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - see close()
         for rec in self.previous.values():
             self._write(rec)
 
     def _write(self, rec: dict) -> None:
-        self._file.write(json.dumps(rec) + "\n")
-        self._file.flush()
+        line = json.dumps(rec) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+            return
+        self._lines.append(line)
+        if time.monotonic() - self._uploaded >= UPLOAD_EVERY_S:
+            self._upload()
+
+    def _upload(self) -> None:
+        self.path.write_text("".join(self._lines), encoding="utf-8")
+        self._uploaded = time.monotonic()
 
     def done(self, name: str, path: str | os.PathLike, outputs: list[str], **extra) -> None:
         self.summary.done += 1
@@ -99,7 +123,10 @@ class Report:
         return outputs if all((self.path.parent / o).is_file() for o in outputs) else None
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        else:
+            self._upload()
 
     def __enter__(self) -> Report:
         return self
@@ -108,7 +135,7 @@ class Report:
         self.close()
 
 
-def _read(path: Path) -> dict[str, dict]:
+def _read(path) -> dict[str, dict]:
     """The last record of each input in an existing report (unreadable lines ignored)."""
     records: dict[str, dict] = {}
     if not path.is_file():

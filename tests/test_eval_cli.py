@@ -61,7 +61,7 @@ def _args(root, data, weights, out, *extra):
 
 
 @pytest.mark.slow  # compiles the generator twice (~1 min on 2 shared cores)
-def test_evaluate_scores_a_checkpoint(setup, tmp_path, capsys):
+def test_evaluate_scores_a_checkpoint(setup, tmp_path, capsys, gcs_bucket):
     root, data, work = setup
     ckpt = work / CHECKPOINTS / "4"
     out = tmp_path / "m.json"
@@ -87,12 +87,12 @@ def test_evaluate_scores_a_checkpoint(setup, tmp_path, capsys):
     assert row["kid"] == pytest.approx(kid, rel=1e-4)
     assert row["kid_std"] == pytest.approx(kid_std, abs=1e-6)
 
-    # the cartoons' statistics were cached; the .npz stands for the folder
+    # the cartoons' statistics were cached; the .npz stands for the folder; --output on gs://
     (cached,) = (root / "cache").glob("*.npz")
-    again = _args(root, data, ckpt, tmp_path / "n.json", "--no_identity")
+    again = _args(root, data, ckpt, gcs_bucket / "n.json", "--no_identity")
     again[again.index("--cartoons") + 1] = str(cached)
     assert evaluate.main(again) == 0
-    row2 = json.loads((tmp_path / "n.json").read_text())["results"][0]
+    row2 = json.loads((gcs_bucket / "n.json").read_text())["results"][0]
     assert (row2["fid"], row2["kid"]) == (pytest.approx(row["fid"]), pytest.approx(row["kid"]))
 
 
@@ -129,7 +129,9 @@ def test_evaluate_refuses_unusable_inputs(setup, tmp_path, capsys):
     bad = _args(root, data, work, out, "--no_identity")
     bad[bad.index("--photos") + 1] = str(tmp_path)  # no images
     assert evaluate.main(bad) == 2
+    assert evaluate.main(_args(root, data, work, "memory://m.json", "--no_identity")) == 2
     err = capsys.readouterr().err
+    assert "--output memory://m.json: unsupported scheme memory://" in err
     assert "absent: not a p2c-jax checkpoint" in err
     assert "absent.pt: no such file" in err
     assert "no images" in err

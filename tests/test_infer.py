@@ -324,6 +324,29 @@ def test_faceless_photos(tmp_path, small):
     assert not list((tmp_path / "none").glob("*.png"))
 
 
+def test_output_on_gcs_as_in_a_local_folder(tmp_path, small, gcs_bucket, capsys):
+    """--output gs://... (a fake GCS server on 127.0.0.1): the PNGs and the report of a local
+    run, nothing written to a local "gs:" folder; another scheme is refused before any work."""
+    path, _ = small
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in (1, 2, 3):
+        Image.fromarray(synthetic_photo(256, 256, i)).save(src / f"p{i}.png")
+    (src / "notes.txt").write_text("not a photo")
+    args = ["--weights", str(path), "--no_preprocess", "--no_progress", *BATCH]
+    local, remote = tmp_path / "out", gcs_bucket / "out"
+    assert main([str(src), "-o", str(local), *args]) == 1
+    assert main([str(src), "-o", str(remote), *args]) == 1
+    assert sorted(p.name for p in remote.iterdir()) == sorted(p.name for p in local.iterdir())
+    for name in ("p1.png", "p2.png", "p3.png"):
+        assert (remote / name).read_bytes() == (local / name).read_bytes()
+    assert report(remote) == report(local) and len(report(local)) == 4
+    assert not list(Path.cwd().glob("gs:*")) and not (tmp_path / "gs:").exists()
+    capsys.readouterr()
+    assert main([str(src), "-o", "memory://bar/out", *args]) == 2
+    assert "--output memory://bar/out: unsupported scheme memory://" in capsys.readouterr().err
+
+
 def unusable_weights(tmp: Path, kind: str) -> Path:
     if kind == "missing":
         return tmp / "nope.pt"

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -182,6 +183,7 @@ def test_sigkill_while_saving_resumes_from_last_complete_checkpoint(dataset, tmp
                 proc.kill()
                 killed_during_save = True
                 break
+            time.sleep(0.001)  # a save's temporary folder lasts far longer; leave the run a core
     finally:
         proc.kill()
         proc.wait()

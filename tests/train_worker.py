@@ -142,6 +142,10 @@ def start(
         "JAX_PLATFORMS": "cpu",
         "PYTHONFAULTHANDLER": "1",
         "P2C_PLAN": plan,
+        # this checkout, not whichever one p2c_jax was installed from
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
+        ),
     }
     cmd = [
         sys.executable,

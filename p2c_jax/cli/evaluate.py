@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "similarity; default: dlib's face-recognition ResNet",
     )
     p.add_argument("--no_identity", action="store_true", help="skip the identity similarity")
-    p.add_argument("--output", default="metrics.json", help="JSON results (default: %(default)s)")
+    p.add_argument(
+        "--output",
+        default="metrics.json",
+        help="JSON results, local or gs:// (default: %(default)s)",
+    )
     p.add_argument(
         "--cache_dir",
         default=None,
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile_cache(args.compile_cache)
     from tqdm import tqdm
 
+    from p2c_jax import paths
     from p2c_jax.eval import features, inception, metrics
     from p2c_jax.eval.evaluator import Evaluator
     from p2c_jax.eval.identity import default_embedder
@@ -111,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
+    try:
+        out = paths.as_path(args.output)
+    except ValueError as e:
+        return fail(f"--output {e}")
     try:
         todo = checkpoints_to_score(args.weights, args.all_steps)
         weights = inception.load_inception(args.inception)
@@ -187,9 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": results,
     }
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    paths.write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     if failed == len(todo):
         return 2

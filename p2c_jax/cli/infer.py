@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         "-o",
         required=True,
-        help="output folder: NAME.png per input (relative names kept), report.jsonl",
+        help="output folder, local or gs://: NAME.png per input (relative names kept), report.jsonl",
     )
     p.add_argument(
         "--weights",
@@ -100,14 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.whole_photo and (args.no_preprocess or args.compare_torch):
         parser.error("--whole_photo finds the faces: not with --no_preprocess or --compare_torch")
     use_compile_cache(args.compile_cache)
-    from p2c_jax import cartoonize
+    from p2c_jax import cartoonize, paths
     from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
     from p2c_jax.weights.checkpoint import CheckpointError
     from preprocessing.flags import preprocessor_from_flags
     from preprocessing.io import discover
 
-    output = Path(args.output).absolute()
-    items = [(p, rel) for p, rel in discover(args.inputs) if output not in p.absolute().parents]
+    try:
+        output = paths.as_path(args.output)
+    except ValueError as e:
+        print(f"error: --output {e}", file=sys.stderr)
+        return 2
+    # a local output folder inside an input folder: its cartoons are not inputs
+    local = None if paths.is_remote(output) else Path(output)
+    items = [(p, rel) for p, rel in discover(args.inputs) if local not in p.absolute().parents]
     try:
         generator = BatchedGenerator(
             load_generator(args.weights, NET, args.precision),
