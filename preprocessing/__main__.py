@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .flags import add_backend_flags, preprocessor_from_flags
-from .io import discover
+from .io import discover, is_url
 from .pipeline import as_is, run
 from .report import Summary
 from .splits import PHOTO_SPLITS, SPLITS
@@ -53,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if is_url(args.save_path):  # pathlib would make gs://b/x the local folder gs:/b/x
+        parser.error(
+            f"--save_path {args.save_path}: a local folder is needed (write locally, then copy "
+            "it, e.g. gcloud storage cp -r)"
+        )
     pre = preprocessor_from_flags(args, all_faces=args.all_faces)
     save_path = Path(args.save_path)
     common = dict(save_meta=args.save_meta, progress=not args.no_progress)
