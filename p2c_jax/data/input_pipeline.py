@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from p2c_jax.data import tfrecords
+from preprocessing.io import is_url
 from preprocessing.splits import SPLITS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
@@ -130,7 +131,7 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
 
     Raises DatasetError naming the flag and the missing or empty splits.
     """
-    if tfrecords.is_remote(dataset):
+    if is_url(dataset):
         uri = dataset.rstrip("/")
         try:
             tf_dir = tfrecords.find_dataset(uri)

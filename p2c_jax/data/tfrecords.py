@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocessing.io import is_url
+
 INFO_FILE = "dataset_info.json"
 SHUFFLE_BUFFER = 1024  # records: ~100-200 MB of 256 px PNGs, the original's splits whole
 CYCLE_LENGTH = 16  # record files read at once by the interleave
@@ -53,11 +55,6 @@ def _tf():
     return tf
 
 
-def is_remote(path: PathLike) -> bool:
-    """Whether `path` is a URI (`gs://...`, `ram://...`) rather than a local path."""
-    return "://" in os.fspath(path)
-
-
 def _join(path: PathLike, *parts: str) -> str:
     return "/".join([os.fspath(path).rstrip("/"), *parts])
 
@@ -74,7 +71,7 @@ def _known_scheme(path: str) -> Iterator[None]:
 
 
 def _is_file(path: str) -> bool:
-    if not is_remote(path):
+    if not is_url(path):
         return os.path.isfile(path)
     with _known_scheme(path):
         return _tf().io.gfile.exists(path)
@@ -82,14 +79,14 @@ def _is_file(path: str) -> bool:
 
 def _glob(folder: str, *parts: str) -> list[str]:
     """Matches of the pattern `parts` inside `folder` (whose own name is taken literally)."""
-    if not is_remote(folder):
+    if not is_url(folder):
         return sorted(glob.glob(os.path.join(glob.escape(folder), *parts)))
     with _known_scheme(folder):
         return sorted(_tf().io.gfile.glob(_join(folder, *parts)))
 
 
 def _read_text(path: str) -> str:
-    if is_remote(path):
+    if is_url(path):
         with _tf().io.gfile.GFile(path, "r") as f:
             return f.read()
     return Path(path).read_text()
