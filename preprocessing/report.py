@@ -67,7 +67,8 @@ class Report:
     """
 
     def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
-        if is_url(folder):
+        remote = is_url(folder)
+        if remote:
             from etils import epath
 
             self.path = epath.Path(folder) / name
@@ -78,7 +79,7 @@ class Report:
         self._lines: list[str] = []  # gs:// only: the report so far, uploaded whole
         self._uploaded = -float("inf")
         self._file = None
-        if not is_url(self.path):
+        if not remote:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - see close()
         for rec in self.previous.values():
