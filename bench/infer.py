@@ -4,7 +4,7 @@ same photos, weights and preprocessing, in one run.
     python bench/infer.py [--count 32] [--batch_size N] [--workers 2] [--ngf 32] [--torch_threads N]
 
 Photos: variations (flips, scales, rotations, brightness, placement on a larger canvas) of
-scikit-image's astronaut and, when present, ../shared/images/photo_test.jpg, as JPEGs.
+scikit-image's astronaut and the original's test photo (tests/data/images/), as JPEGs.
 Weights: a random light generator (the speed does not depend on the values), saved as the
 original's ``photo2cartoon_weights.pt``. Every path: decode, dlib landmarks, rotate + crop,
 GrabCut mask, resize to 256, generator, composite on white, PNG write.
@@ -44,18 +44,15 @@ from preprocessing.landmarks import make_landmarker  # noqa: E402
 from preprocessing.pipeline import Preprocessor  # noqa: E402
 from preprocessing.segmentation import make_segmenter  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images" / "photo_test.jpg"
+TEST_PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "photo_test.jpg"
 
 
 def sources() -> list[np.ndarray]:
     from skimage import data
 
-    images = [data.astronaut()]
-    if SHARED.is_file():
-        big = load_rgb(SHARED)
-        half = (big.shape[1] // 2, big.shape[0] // 2)
-        images.append(cv2.resize(big, half, interpolation=cv2.INTER_AREA))
-    return images
+    big = load_rgb(TEST_PHOTO)
+    half = (big.shape[1] // 2, big.shape[0] // 2)
+    return [data.astronaut(), cv2.resize(big, half, interpolation=cv2.INTER_AREA)]
 
 
 def variation(image: np.ndarray, i: int) -> np.ndarray:

@@ -2,8 +2,7 @@
 
     python bench/preprocess.py [--image PATH] [--count N] [--segmentation grabcut|pb --seg_model PATH]
 
-Runs N copies of one photo (default: ../shared/images/photo_test.jpg, else
-scikit-image's astronaut) through decode, landmarks, rotate+crop, segment,
+Runs N copies of one photo (default: the original's test photo, tests/data/images/photo_test.jpg) through decode, landmarks, rotate+crop, segment,
 composite and PNG write, and prints milliseconds per image for each stage.
 """
 
@@ -15,18 +14,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image
-
 from preprocessing.landmarks import make_landmarker
 from preprocessing.pipeline import Preprocessor, run
 from preprocessing.segmentation import make_segmenter
 
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "images" / "photo_test.jpg"
+DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "data" / "images" / "photo_test.jpg"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--image", type=Path, default=DEFAULT if DEFAULT.is_file() else None)
+    p.add_argument("--image", type=Path, default=DEFAULT)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--landmarks", default="dlib")
     p.add_argument("--segmentation", default="grabcut")
@@ -36,13 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
-        if args.image is None:
-            from skimage import data
-
-            image = Path(tmp) / "astronaut.png"
-            Image.fromarray(data.astronaut()).save(image)
-        else:
-            image = args.image
+        image = args.image
         for i in range(args.count):
             (src / f"{i:04d}{image.suffix}").symlink_to(image.resolve())
         pre = Preprocessor(
@@ -63,7 +54,7 @@ def main() -> None:
     if n == 0:
         raise SystemExit(f"no image was processed: {summary.line()}")
     print(
-        f"{n} images ({args.image or 'astronaut'}), {args.landmarks} + {args.segmentation}: "
+        f"{n} images ({args.image}), {args.landmarks} + {args.segmentation}: "
         f"{n / total:.2f} img/s, {1000 * total / n:.0f} ms/img"
     )
     stages = {"decode": io_timings["decode"], **pre.timings, "write": io_timings["write"]}

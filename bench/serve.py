@@ -8,7 +8,7 @@ Starts the real ``p2c-serve`` command (uvicorn, 127.0.0.1, a free port) on a ran
 generator (speed does not depend on the values) with the default backends (dlib, GrabCut),
 waits for its start-up compilation, then for each client count runs that many closed-loop
 clients for ``--seconds`` each, every one posting photos in turn: variations of scikit-image's
-astronaut and, when present, ../shared/images/photo_test.jpg at half size, as JPEGs. The
+astronaut and the original's test photo (tests/data/images/) at half size, as JPEGs. The
 server's ``/healthz`` counters give the faces per device call. Only loopback traffic; every
 loop is bounded in time.
 """
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "images" / "photo_test.jpg"
+TEST_PHOTO = ROOT / "tests" / "data" / "images" / "photo_test.jpg"
 HOST = "127.0.0.1"
 
 
@@ -41,10 +41,11 @@ def photos(count: int) -> list[bytes]:
     """``count`` JPEGs, each face-bearing and a little different."""
     from skimage import data
 
-    srcs = [data.astronaut()]
-    if SHARED.is_file():
-        big = np.asarray(Image.open(SHARED).convert("RGB"))
-        srcs.append(cv2.resize(big, (big.shape[1] // 2, big.shape[0] // 2), cv2.INTER_AREA))
+    big = np.asarray(Image.open(TEST_PHOTO).convert("RGB"))
+    srcs = [
+        data.astronaut(),
+        cv2.resize(big, (big.shape[1] // 2, big.shape[0] // 2), cv2.INTER_AREA),
+    ]
     out = []
     for i in range(count):
         rng = np.random.default_rng(i)

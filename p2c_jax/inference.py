@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,8 @@ from p2c_jax.nn import precision
 from p2c_jax.nn.models import FACENET, NetSpec, abstract
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
+
+FACE_SIZE = 256  # the original test.py's face size, its released ONNX file's input
 
 
 def forward(spec: NetSpec, precision_name: str = "float32", plan_name: str | None = None):
@@ -61,16 +65,44 @@ class CompiledNet:
         return self._forward(self.state, x)
 
 
+def output_spec(spec: NetSpec, img_size: int | None = None, where: str = "") -> NetSpec:
+    """The generator ``spec`` at the size inference runs it: ``img_size``, else ``FACE_SIZE``.
+
+    One rule for every weights file, because an original ``.pt`` does not record the size a
+    light generator was trained at: a light generator runs at any size; a full one only at
+    its own (its FC layer fixes it), which is then the default. A light generator whose
+    checkpoint says it was trained at another size gets a warning saying how to run it there.
+    """
+    if not spec.light:
+        if img_size not in (None, spec.img_size):
+            raise CheckpointError(
+                f"{where}this generator is not light: its FC layer fixes img_size "
+                f"{spec.img_size}, so it cannot run at img_size {img_size}"
+            )
+        return spec
+    if img_size is not None and (img_size < 16 or img_size % 16):
+        raise CheckpointError(f"img_size must be a positive multiple of 16, got {img_size}")
+    size = img_size or FACE_SIZE
+    if img_size is None and spec.img_size != size:
+        logging.getLogger(__name__).warning(
+            f"warning: {where}the generator was trained at {spec.img_size} x {spec.img_size} "
+            f"and runs at {size} x {size}, the original's size (--img_size {spec.img_size} "
+            "runs it at its own)"
+        )
+    return dataclasses.replace(spec, img_size=size)
+
+
 def load_generator(
-    path: str | Path, net: str = "genA2B", precision: str = "float32"
+    path: str | Path, net: str = "genA2B", precision: str = "float32", img_size: int | None = None
 ) -> CompiledNet:
-    """``gen(x [N,H,W,3] in [-1,1]) -> (image [N,H,W,3], cam_logit [N,2], heatmap [N,H/4,W/4,1])``
+    """``gen(x [N,S,S,3] in [-1,1]) -> (image [N,S,S,3], cam_logit [N,2], heatmap [N,S/4,S/4,1])``
     from an original ``photo2cartoon_weights.pt``, our checkpoint or a training workdir;
-    ``precision`` float32 or bfloat16 (``nn.precision``)."""
+    ``precision`` float32 or bfloat16 (``nn.precision``). ``gen.spec.img_size`` is S, the size
+    the generator runs at (``output_spec``: 256 unless ``img_size`` says otherwise)."""
     spec, state = load_any(path, [net])[net]
     if spec.kind != "generator":
         raise CheckpointError(f"{path}: {net} is a {spec.kind}, not a generator")
-    return CompiledNet(spec, state, precision)
+    return CompiledNet(output_spec(spec, img_size, f"{path}: {net}: "), state, precision)
 
 
 def load_face_embedder(path: str | Path) -> CompiledNet:

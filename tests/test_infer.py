@@ -135,10 +135,10 @@ def stub_preparer() -> Preparer:
 # ------------------------------------------------- equality with the PyTorch port
 
 
-def test_shared_aligned_photos_real_config(shared_dir, tmp_path):
+def test_aligned_photos_real_config(data_dir, tmp_path):
     """ngf=32 light (the released config), weights as .pt, --no_preprocess, last batch padded."""
     model = make_weights(tmp_path / "w.pt", ngf=32, seed=1)
-    photos = sorted((shared_dir / "images").glob("aligned_photo_*.png"))
+    photos = sorted((data_dir / "images").glob("aligned_photo_*.png"))
     assert photos
     out = tmp_path / "out"
     rc = main(
@@ -407,14 +407,31 @@ def test_bfloat16_cartoons_near_float32(tmp_path, small):
         assert 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12)) >= 35
 
 
-def test_nothing_to_do_exit_2(tmp_path, small, capsys):
+def test_missing_or_empty_input_is_one_error_before_the_model_loads(
+    tmp_path, small, capsys, monkeypatch
+):
     path, _ = small
     (tmp_path / "empty").mkdir()
     args = ["-o", str(tmp_path / "out"), "--weights", str(path), "--no_preprocess", "--no_progress"]
-    assert main([str(tmp_path / "empty"), *args]) == 2
-    assert main([str(tmp_path / "missing_*.jpg"), *args]) == 2
-    assert report(tmp_path / "out")["missing_*.jpg"]["reason"] == "file not found"
-    assert "1 inputs: 0 done, 1 failed [file not found: 1]" in capsys.readouterr().err
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr("p2c_jax.inference.load_generator", never)
+        assert main([str(tmp_path / "empty"), *args]) == 2
+        assert f"error: no input files in {tmp_path / 'empty'}" in capsys.readouterr().err
+        assert main([str(tmp_path / "photos"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: input {tmp_path / 'photos'}: no such file, folder or glob match\n"
+        assert main([str(tmp_path / "missing_*.jpg"), *args]) == 2
+        assert "missing_*.jpg: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # a missing input beside real ones: said first, the others done, exit 1
+    cv2.imwrite(str(tmp_path / "face.png"), np.full((64, 64, 3), 128, np.uint8))
+    assert main([str(tmp_path / "face.png"), str(tmp_path / "photos"), *args, *BATCH]) == 1
+    assert report(tmp_path / "out")["photos"]["reason"] == "file not found"
+    assert (tmp_path / "out" / "face.png").is_file()
 
 
 @pytest.mark.skipif(

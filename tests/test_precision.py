@@ -92,8 +92,8 @@ def test_bfloat16_generator_psnr_on_generated_faces():
 
 
 @pytest.mark.slow
-def test_bfloat16_generator_psnr_on_shared_photos(shared_dir):
-    paths = sorted((shared_dir / "images").glob("aligned_photo_*.png"))
+def test_bfloat16_generator_psnr_on_aligned_photos(data_dir):
+    paths = sorted((data_dir / "images").glob("aligned_photo_*.png"))
     assert len(paths) == 3
     assert min(_bfloat16_psnrs([load_rgb(p) for p in paths])) >= 35
 

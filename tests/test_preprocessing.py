@@ -347,6 +347,35 @@ def test_save_path_url_is_refused(tmp_path, photo, capsys, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["in"]  # the photo's folder alone
 
 
+def test_tfrecords_without_tensorflow_is_refused_before_any_photo(
+    tmp_path, photo, capsys, monkeypatch
+):
+    """--tfrecords with the preprocess extra's TensorFlow absent: exit 2 naming the extra,
+    before a photo is processed."""
+    import builtins
+    import sys
+
+    from preprocessing.__main__ import main
+
+    real_import = builtins.__import__
+
+    def no_tensorflow(name, *args, **kwargs):
+        if name.partition(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "preprocessing.tfrecords", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+    (tmp_path / "raw" / "trainA").mkdir(parents=True)
+    (tmp_path / "raw" / "trainA" / "a.jpg").write_bytes(photo.read_bytes())
+    argv = ["--data_path", str(tmp_path / "raw"), "--save_path", str(tmp_path / "out")]
+    assert main([*argv, "--tfrecords", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --tfrecords: TFRecords (preprocessing.tfrecords) needs tensorflow-cpu" in err
+    assert "pip install 'p2c-jax[preprocess]'" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_rerun_skips_what_is_done(tmp_path, photo):
     (photo.parent / "bad.jpg").write_bytes(b"x")
     out = tmp_path / "out"

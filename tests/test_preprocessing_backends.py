@@ -21,7 +21,7 @@ from preprocessing.landmarks import FaceAlignmentLandmarker
 from preprocessing.pipeline import Preprocessor
 from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
 needs_dlib = pytest.mark.skipif(
     importlib.util.find_spec("dlib") is None
     or importlib.util.find_spec("face_recognition_models") is None,
@@ -39,13 +39,6 @@ def dlib_landmarker():
 def astronaut() -> np.ndarray:
     data = pytest.importorskip("skimage.data")
     return data.astronaut()
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return path
 
 
 def assert_one_level_face(landmarker, image: np.ndarray) -> np.ndarray:
@@ -71,7 +64,7 @@ def test_astronaut(dlib_landmarker):
 
 @needs_dlib
 def test_photo_test_jpg(dlib_landmarker):
-    face = assert_one_level_face(dlib_landmarker, load_rgb(shared("photo_test.jpg")))
+    face = assert_one_level_face(dlib_landmarker, load_rgb(IMAGES / "photo_test.jpg"))
     assert 1100 <= face.shape[0] <= 1250  # about 2.1 x 0.9 x the landmark box height (626 px)
 
 
@@ -79,7 +72,7 @@ def test_photo_test_jpg(dlib_landmarker):
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_framing_matches_the_originals_aligned_photos(dlib_landmarker, n):
     """Re-aligning an aligned 256 x 256 photo of the original must give back (about) the whole photo."""
-    img = load_rgb(shared(f"aligned_photo_{n}.png"))
+    img = load_rgb(IMAGES / f"aligned_photo_{n}.png")
     faces = dlib_landmarker(img)
     assert len(faces) == 1
     a = geometry.align(img.shape, faces[0], dlib_landmarker.box_height_scale)

@@ -41,19 +41,19 @@ def _layout_of(model: torch.nn.Module) -> list[tuple[str, tuple, str]]:
         ("disLB", lambda: torch_port.Discriminator(3, 32, 5)),
     ],
 )
-def test_photo2cartoon_weights_layout(shared_dir, net, make):
-    want = _read_layout(shared_dir / "reference" / "photo2cartoon_weights.layout.tsv", net)
+def test_photo2cartoon_weights_layout(data_dir, net, make):
+    want = _read_layout(data_dir / "reference" / "photo2cartoon_weights.layout.tsv", net)
     assert len(want) > 20
     assert _layout_of(make()) == want
 
 
-def test_full_generator_layout(shared_dir):
-    want = _read_layout(shared_dir / "reference" / "generator_full_ngf32_256.layout.tsv")
+def test_full_generator_layout(data_dir):
+    want = _read_layout(data_dir / "reference" / "generator_full_ngf32_256.layout.tsv")
     with torch.device("meta"):
         model = torch_port.ResnetGenerator(32, 256, light=False)
     assert _layout_of(model) == want
 
 
-def test_mobilefacenet_layout(shared_dir):
-    want = _read_layout(shared_dir / "reference" / "model_mobilefacenet.layout.tsv")
+def test_mobilefacenet_layout(data_dir):
+    want = _read_layout(data_dir / "reference" / "model_mobilefacenet.layout.tsv")
     assert _layout_of(torch_port.MobileFaceNet(512)) == want

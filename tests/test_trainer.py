@@ -226,8 +226,9 @@ def test_faceid_without_weights_names_the_way_out(dataset, tmp_path):
 
 
 def test_too_small_img_size_names_the_flag(dataset, tmp_path):
-    with pytest.raises(trainer.TrainError, match="--img_size 64"):
-        trainer.train(_config(dataset, tmp_path, img_size=64))
+    for size in (64, 32):
+        with pytest.raises(trainer.TrainError, match=f"--img_size {size} is too small"):
+            trainer.train(_config(dataset, tmp_path, img_size=size))
 
 
 @pytest.mark.slow
@@ -334,6 +335,34 @@ def test_train_cli_error_paths(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--light", "maybe"])
     assert "expected true or false" in capsys.readouterr().err
+
+
+def test_demo_run_says_where_its_dataset_and_workdir_are(tmp_path, monkeypatch, capsys):
+    """--dataset demo builds ./dataset/demo; the run prints that folder and the workdir (the
+    original's ./experiment/... one without --workdir) before training starts."""
+    from p2c_jax.cli.train import main
+
+    class StopError(Exception):
+        """Raised where the step would compile: everything before it has run."""
+
+    def stop(*a, **k):
+        raise StopError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(trainer, "compiled_step", stop)
+    argv = ["--dataset", "demo", "--img_size", str(SIZE), "--ch", str(CH), "--faceid_weight", "0"]
+    with pytest.raises(StopError):
+        main([*argv, "--workdir", "runs/p2c"])
+    out = capsys.readouterr().out
+    assert f"dataset: {tmp_path / 'dataset' / 'demo'} (the offline demo" in out
+    assert f"workdir: {tmp_path / 'runs' / 'p2c'} (checkpoints" in out
+    assert sorted(p.name for p in (tmp_path / "dataset" / "demo").iterdir()) == [
+        "testA", "testB", "trainA", "trainB"
+    ]  # fmt: skip
+    with pytest.raises(StopError):
+        main(argv)
+    default = Config.flat(img_size=SIZE, ch=CH, faceid_weight=0.0).run_dir()
+    assert f"workdir: {tmp_path / default} (checkpoints" in capsys.readouterr().out
 
 
 def test_step_cache_keeps_its_face_net(monkeypatch):

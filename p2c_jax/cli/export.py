@@ -31,7 +31,9 @@ def _batch(v: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2c-export", description=__doc__.split("\n\n")[0])
+    from preprocessing.flags import Parser
+
+    p = Parser(prog="p2c-export", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--weights",
         required=True,
@@ -62,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--img_size",
         type=int,
         default=None,
-        help="image side of the file (default: the generator's; a light generator takes "
-        "any multiple of 16)",
+        help="image side of the file: a light generator takes any multiple of 16 (default: "
+        "256, the original's interface); a full generator only its own (its default)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --dst")
     p.add_argument(
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     use_compile_cache(args.compile_cache)
     from p2c_jax.export import ExportError, NotEqualError, Request, export
+    from p2c_jax.inference import FACE_SIZE
     from p2c_jax.weights.checkpoint import CheckpointError
 
     req = Request(args.fmt, Path(args.dst), batch, args.precision, args.img_size, args.force)
@@ -104,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     s = report.spec.img_size
+    if args.fmt == "onnx" and s != FACE_SIZE:
+        print(
+            f"warning: this file takes [N,3,{s},{s}], not the original's [N,3,256,256]: "
+            "the original's test_onnx.py and the ports built on it will not run it",
+            file=sys.stderr,
+        )
     batches = "dynamic batch" if batch is None else f"batch {batch}"
     print(
         f"wrote {report.dst}: {args.net} (ngf {report.spec.ch}, {s}x{s}, {batches}, "

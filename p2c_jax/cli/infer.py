@@ -13,15 +13,20 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from p2c_jax.cli.common import add_compile_cache_flag, add_precision_flag, use_compile_cache
+from p2c_jax.cli.common import (
+    add_compile_cache_flag,
+    add_img_size_flag,
+    add_precision_flag,
+    use_compile_cache,
+)
 
 NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import add_backend_flags
+    from preprocessing.flags import Parser, add_backend_flags
 
-    p = argparse.ArgumentParser(prog="p2c-infer", description=__doc__.split("\n")[0])
+    p = Parser(prog="p2c-infer", description=__doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", help="photo files, folders (recursive) or globs")
     p.add_argument(
         "--output",
@@ -42,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per forward pass, rounded up to a multiple of the device count "
         "(default: 8 per accelerator, 1 per CPU device)",
     )
+    add_img_size_flag(p)
     p.add_argument(
         "--no_preprocess",
         action="store_true",
-        help="inputs are aligned faces: only resized to 256 (INTER_AREA), no mask",
+        help="inputs are aligned faces: only resized to --img_size (INTER_AREA), no mask",
     )
     p.add_argument(
         "--side_by_side",
@@ -114,9 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a local output folder inside an input folder: its cartoons are not inputs
     local = None if paths.is_remote(output) else Path(output)
     items = [(p, rel) for p, rel in discover(args.inputs) if local not in p.absolute().parents]
+    missing = [str(p) for p, _ in items if not p.exists()]
+    for path in missing:  # said before the model loads; the other inputs still run
+        print(f"error: input {path}: no such file, folder or glob match", file=sys.stderr)
+    if len(missing) == len(items):
+        if not items:
+            print(f"error: no input files in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
     try:
         generator = BatchedGenerator(
-            load_generator(args.weights, NET, args.precision),
+            load_generator(args.weights, NET, args.precision, args.img_size),
             args.batch_size or default_batch_size(),
         )
         reference = cartoonize.torch_twin(generator) if args.compare_torch else None

@@ -14,15 +14,21 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
-from p2c_jax.cli.common import add_compile_cache_flag, add_precision_flag, use_compile_cache
+from p2c_jax.cli.common import (
+    add_compile_cache_flag,
+    add_img_size_flag,
+    add_precision_flag,
+    use_compile_cache,
+)
+from preprocessing.extras import MissingExtraError, needs
 
 NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import add_backend_flags
+    from preprocessing.flags import Parser, add_backend_flags
 
-    p = argparse.ArgumentParser(prog="p2c-serve", description=__doc__.split("\n")[0])
+    p = Parser(prog="p2c-serve", description=__doc__.split("\n")[0])
     p.add_argument(
         "--weights",
         required=True,
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest image, width x height, checked before decoding (%(default)s)",
     )
     add_precision_flag(p)
+    add_img_size_flag(p)
     p.add_argument(
         "--batch_size",
         type=int,
@@ -91,18 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
 
+    try:  # the serve extra, before the weights load
+        with needs("serve", "p2c-serve"):
+            import uvicorn
+
+            from p2c_jax.serve.app import Limits, create_app
+    except MissingExtraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import jax
-    import uvicorn
 
     from p2c_jax import backend
     from p2c_jax.inference import load_generator
-    from p2c_jax.serve.app import Limits, create_app
     from p2c_jax.serve.batcher import Buckets
     from p2c_jax.weights.checkpoint import CheckpointError
     from preprocessing.flags import preprocessor_from_flags
 
     try:
-        gen = load_generator(args.weights, NET, args.precision)
+        gen = load_generator(args.weights, NET, args.precision, args.img_size)
     except CheckpointError as e:
         print(f"error: unusable weights: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,9 @@ from p2c_jax.train import config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="p2c-train", description=__doc__.split("\n")[0])
+    from preprocessing.flags import Parser
+
+    p = Parser(prog="p2c-train", description=__doc__.split("\n")[0])
     config.add_flags(p, str2bool)
     # the original's flags that have nothing left to set
     p.add_argument("--phase", default="train", help="train (test: use infer.py)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import cv2
@@ -88,7 +88,9 @@ def build_demo(root: str | Path, n_train: int = 48, n_test: int = 8, size: int =
     rng = np.random.default_rng(_SEED)
     counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    # a folder mode 0o777 less the umask, as os.mkdir gives (mkdtemp's 0o700 would stay on root)
+    tmp = root.parent / f".{root.name}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         for split in SPLITS:
             views = [_random_view(photos, rng, size) for _ in range(counts[split])]

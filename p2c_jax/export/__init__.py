@@ -106,12 +106,18 @@ def export_state(
     our JAX generator first (batch 1 and 3, or the fixed batch) and raise ``ExportError``,
     leaving nothing at ``req.dst``, when it is not within the tolerance."""
     from p2c_jax.export.common import check as run_check
-    from p2c_jax.export.common import sized_spec, staged
+    from p2c_jax.export.common import staged
+    from p2c_jax.inference import output_spec
+    from p2c_jax.weights.checkpoint import CheckpointError
 
     validate(req)
     if spec.kind != "generator":
         raise ExportError(f"{net} is a {spec.kind}, not a generator")
-    spec = sized_spec(spec, req.img_size)
+    if req.img_size is not None:
+        try:
+            spec = output_spec(spec, req.img_size)
+        except CheckpointError as e:
+            raise ExportError(f"--img_size: {e}") from None
     result = None
     with staged(req.dst, req.force) as path:
         _write(spec, state, req, net, path)
@@ -130,11 +136,18 @@ def export(weights: str | Path, net: str, req: Request, check: bool = True) -> R
     """``net`` (genA2B or genB2A) of ``weights`` (an original ``.pt``, our checkpoint or a
     training workdir) exported as ``req`` asks; see ``export_state``. Raises ``ExportError``
     or ``CheckpointError`` (unusable weights) before anything is written."""
+    from p2c_jax.inference import output_spec
     from p2c_jax.nn.models import GENERATORS
+    from p2c_jax.weights.checkpoint import CheckpointError
     from p2c_jax.weights.convert import load_any
 
     if net not in GENERATORS:
         raise ExportError(f"unknown net {net!r}: expected one of {', '.join(GENERATORS)}")
     validate(req)
     spec, state = load_any(weights, [net])[net]
+    if spec.kind == "generator":  # the inference size rule: 256 unless req.img_size says
+        try:
+            spec = output_spec(spec, req.img_size, f"{weights}: {net}: ")
+        except CheckpointError as e:
+            raise ExportError(f"--img_size: {e}") from None
     return export_state(spec, state, req, net, check)

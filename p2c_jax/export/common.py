@@ -54,7 +54,7 @@ class Request:
     dst: Path
     batch: int | None = None
     precision: str = "float32"
-    img_size: int | None = None  # None: the generator's own
+    img_size: int | None = None  # None: export_state's spec as it is
     force: bool = False  # replace an existing dst
 
 
@@ -84,18 +84,6 @@ def validate(req: Request) -> None:
         raise ExportError(f"{req.dst}: already exists (--force replaces it)")
     if not req.dst.absolute().parent.is_dir():
         raise ExportError(f"{req.dst}: its folder does not exist")
-
-
-def sized_spec(spec: NetSpec, img_size: int | None) -> NetSpec:
-    """``spec`` at ``img_size``: any size for a light generator, only its own otherwise."""
-    if img_size is None or img_size == spec.img_size:
-        return spec
-    if not spec.light:
-        raise ExportError(
-            f"this generator is not light: its FC layer fixes img_size {spec.img_size}, "
-            f"so --img_size {img_size} cannot be exported"
-        )
-    return dataclasses.replace(spec, img_size=img_size)
 
 
 def image_fn(spec: NetSpec, state: nnx.State, precision: str = "float32") -> Callable:

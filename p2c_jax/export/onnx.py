@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from preprocessing.extras import needs
+
 if TYPE_CHECKING:
     from flax import nnx
 
@@ -111,8 +113,10 @@ def export(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None, net: s
     import io
     import logging
 
-    import onnx
-    import torch
+    with needs("export", "ONNX export"):
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx.export(dynamo=True) needs it
+        import torch
 
     s = spec.img_size
     # torch.export specialises a dimension of size 1, so a dynamic batch is traced at 2
@@ -152,7 +156,8 @@ def export(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None, net: s
 
 def session(path: Path):
     """An onnxruntime CPU session of ``path``."""
-    import onnxruntime as ort
+    with needs("export", "running an ONNX file"):
+        import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from preprocessing.extras import needs
+
 if TYPE_CHECKING:
     from flax import nnx
 
@@ -113,7 +115,8 @@ def _module(
 
 def export_savedmodel(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None) -> None:
     """Write a SavedModel directory (signature ``serving_default``) to ``dst``."""
-    import tensorflow as tf
+    with needs("export", "SavedModel export"):
+        import tensorflow as tf
 
     from p2c_jax.export.common import plain_convs
 
@@ -126,7 +129,8 @@ def export_tflite(spec: NetSpec, state: nnx.State, dst: Path, batch: int) -> Non
     """Write a ``.tflite`` flatbuffer of batch ``batch`` to ``dst`` (builtin ops only)."""
     import tempfile
 
-    import tensorflow as tf
+    with needs("export", "TFLite export"):
+        import tensorflow as tf
 
     from p2c_jax.export.common import plain_convs
 
@@ -144,7 +148,8 @@ def interpreter(path: Path):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        import tensorflow as tf
+        with needs("export", "running a .tflite file (without ai-edge-litert)"):
+            import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
     return Interpreter(model_path=str(path))
@@ -158,7 +163,8 @@ def tflite_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 def savedmodel_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """NHWC numpy in, NHWC numpy out, through the SavedModel's ``serving_default``."""
-    import tensorflow as tf
+    with needs("export", "running a SavedModel"):
+        import tensorflow as tf
 
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     return lambda x: serve(**{INPUT: tf.constant(x, tf.float32)})[OUTPUT].numpy()

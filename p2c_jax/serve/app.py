@@ -31,12 +31,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+
+from preprocessing.extras import needs
+
+with needs("serve", "p2c-serve (p2c_jax.serve.app)"):
+    from python_multipart.multipart import MultipartParser, parse_options_header
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
 
 from p2c_jax.serve.batcher import Batcher, Buckets, StoppedError
 from p2c_jax.whole_photo import MAX_FACES, MIN_FACE, find_faces, render

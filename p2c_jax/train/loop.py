@@ -185,7 +185,10 @@ def _check_img_size(specs: dict[str, NetSpec], img_size: int) -> None:
     x = jax.ShapeDtypeStruct((1, img_size, img_size, 3), jnp.float32)
     for name in DISCRIMINATORS:
         graphdef, state = nnx.split(abstract(specs[name]))
-        logit = jax.eval_shape(lambda s, x, g=graphdef: nnx.merge(g, s)(x)[0], state, x)
+        try:
+            logit = jax.eval_shape(lambda s, x, g=graphdef: nnx.merge(g, s)(x)[0], state, x)
+        except ValueError:  # a feature map already empty before the logit (a reduction fails)
+            logit = jax.ShapeDtypeStruct((0,), jnp.float32)
         if 0 in logit.shape:
             raise TrainError(
                 f"--img_size {img_size} is too small for the {specs[name].n_layers}-"
@@ -319,6 +322,11 @@ def train(cfg: Config, *, mesh=None, log: Callable[[str], None] | None = None) -
         workdir = paths.as_path(cfg.run_dir())
     except ValueError as e:
         raise TrainError(f"--workdir {e}") from None
+    built = " (the offline demo, built on first use)" if cfg.dataset == "demo" else ""
+    local = isinstance(dataset_dir, Path)
+    log(f"dataset: {dataset_dir.absolute() if local else dataset_dir}{built}")
+    where = workdir if paths.is_remote(workdir) else Path(workdir).absolute()
+    log(f"workdir: {where} (checkpoints, TensorBoard logs, sample grids)")
     manager = ocp.CheckpointManager(
         workdir / checkpoint.CHECKPOINTS,
         options=evaluation.manager_options(cfg),  # latest --keep, + the best with --eval_freq
