@@ -65,6 +65,13 @@ class CompiledNet:
         return self._forward(self.state, x)
 
 
+def check_img_size(size: int) -> int:
+    """``size`` if a light generator can run at it, a positive multiple of 16; else ValueError."""
+    if size < 16 or size % 16:
+        raise ValueError(f"a positive multiple of 16, got {size}")
+    return size
+
+
 def output_spec(spec: NetSpec, img_size: int | None = None, where: str = "") -> NetSpec:
     """The generator ``spec`` at the size inference runs it: ``img_size``, else ``FACE_SIZE``.
 
@@ -80,8 +87,11 @@ def output_spec(spec: NetSpec, img_size: int | None = None, where: str = "") -> 
                 f"{spec.img_size}, so it cannot run at img_size {img_size}"
             )
         return spec
-    if img_size is not None and (img_size < 16 or img_size % 16):
-        raise CheckpointError(f"img_size must be a positive multiple of 16, got {img_size}")
+    if img_size is not None:
+        try:
+            check_img_size(img_size)
+        except ValueError as e:
+            raise CheckpointError(f"img_size must be {e}") from None
     size = img_size or FACE_SIZE
     if img_size is None and spec.img_size != size:
         logging.getLogger(__name__).warning(

@@ -61,7 +61,9 @@ def add_img_size_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _img_size(v: str) -> int:
-    size = int(v)
-    if size < 16 or size % 16:
-        raise argparse.ArgumentTypeError(f"a positive multiple of 16, got {v}")
-    return size
+    from p2c_jax.inference import check_img_size
+
+    try:
+        return check_img_size(int(v))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

@@ -78,8 +78,13 @@ def validate(req: Request) -> None:
         )
     if req.batch is not None and req.batch < 1:
         raise ExportError(f"--batch must be at least 1, got {req.batch}")
-    if req.img_size is not None and (req.img_size < 16 or req.img_size % 16):
-        raise ExportError(f"--img_size must be a positive multiple of 16, got {req.img_size}")
+    if req.img_size is not None:
+        from p2c_jax.inference import check_img_size
+
+        try:
+            check_img_size(req.img_size)
+        except ValueError as e:
+            raise ExportError(f"--img_size must be {e}") from None
     if req.dst.exists() and not req.force:
         raise ExportError(f"{req.dst}: already exists (--force replaces it)")
     if not req.dst.absolute().parent.is_dir():
