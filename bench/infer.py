@@ -38,8 +38,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from preprocessing.files import write_atomic  # noqa: E402
 from preprocessing.generator_io import face_and_mask, postprocess, prepare_face  # noqa: E402
-from preprocessing.io import encode_png, load_rgb, write_atomic  # noqa: E402
+from preprocessing.io import encode_png, load_rgb  # noqa: E402
 from preprocessing.landmarks import make_landmarker  # noqa: E402
 from preprocessing.pipeline import Preprocessor  # noqa: E402
 from preprocessing.segmentation import make_segmenter  # noqa: E402

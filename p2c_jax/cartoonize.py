@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from p2c_jax import paths
 from p2c_jax.inference import BatchedGenerator
+from preprocessing.files import write_atomic
 from preprocessing.generator_io import (
     Prepared,
     face_and_mask,
@@ -36,7 +37,7 @@ from preprocessing.generator_io import (
     prepare_aligned,
     prepare_face,
 )
-from preprocessing.io import encode_png, load_rgb, write_atomic
+from preprocessing.io import encode_png, load_rgb
 from preprocessing.pipeline import Preprocessor, output_stems
 from preprocessing.report import Report, Summary
 

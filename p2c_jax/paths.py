@@ -17,7 +17,7 @@ import sys
 from etils import epath
 from etils.epath import backend as _epath_backend
 
-from preprocessing.io import write_atomic
+from preprocessing.files import write_atomic
 
 #: Remote schemes whose paths work end to end (epath files and Orbax/TensorStore arrays).
 REMOTE_SCHEMES = ("gs",)
@@ -106,7 +106,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> epath.Path:
     """Writes ``data`` so that readers see the old file or the whole new one, never a part.
 
-    ``preprocessing.io.write_atomic`` on ``as_path(path)``: local, a temporary file beside it
+    ``preprocessing.files.write_atomic`` on ``as_path(path)``: local, a temporary file beside it
     (the parent created; mode 0o666 less the umask, as ``open`` gives), flushed to disk, then
     ``os.replace``; gs://, one object upload, which GCS makes visible only once complete.
     """

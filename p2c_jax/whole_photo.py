@@ -25,9 +25,10 @@ from tqdm import tqdm
 from p2c_jax import paths
 from p2c_jax.cartoonize import Preparer, output_names, run_pipelined
 from p2c_jax.inference import BatchedGenerator
+from preprocessing.files import write_atomic
 from preprocessing.generator_io import Prepared, postprocess, prepare_face
 from preprocessing.geometry import Alignment
-from preprocessing.io import encode_png, load_rgb, write_atomic
+from preprocessing.io import encode_png, load_rgb
 from preprocessing.paste import paste_all
 from preprocessing.pipeline import NoFaceError, Preprocessor
 from preprocessing.report import Report, Summary

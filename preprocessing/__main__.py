@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import discover, is_url
 from .flags import Parser, add_backend_flags, preprocessor_from_flags
-from .io import discover, is_url
 from .pipeline import as_is, run
 from .report import Summary
 from .splits import PHOTO_SPLITS, SPLITS

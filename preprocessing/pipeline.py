@@ -14,7 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import geometry
-from .io import ImageError, encode_png, load_rgb, write_atomic
+from .files import write_atomic
+from .io import ImageError, encode_png, load_rgb
 from .landmarks import Landmarker
 from .report import Report, Summary
 from .segmentation import Segmenter

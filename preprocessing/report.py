@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import ImageError, is_url
+from .files import is_url
+from .io import ImageError
 
 REPORT_NAME = "report.jsonl"
 UPLOAD_EVERY_S = 10.0

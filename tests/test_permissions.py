@@ -1,4 +1,4 @@
-"""Outputs follow the umask as ``open()`` would: the atomic writes (``preprocessing.io.write_atomic``,
+"""Outputs follow the umask as ``open()`` would: the atomic writes (``preprocessing.files.write_atomic``,
 ``paths.write_bytes_atomic`` / ``write_text_atomic``), the preprocessing run's PNGs and report,
 and the demo dataset's folder. The reference is what a plain ``open(path, "w")`` (a plain
 ``mkdir``) gives under the same umask."""
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from p2c_jax import paths
-from preprocessing.io import encode_png, write_atomic
+from preprocessing.files import write_atomic
+from preprocessing.io import encode_png
 from preprocessing.pipeline import as_is, run
 
 UMASKS = {0o022: 0o644, 0o077: 0o600, 0o002: 0o664}

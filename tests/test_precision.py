@@ -101,12 +101,18 @@ def test_bfloat16_generator_psnr_on_aligned_photos(data_dir):
 @pytest.mark.slow
 def test_ten_bfloat16_steps_stay_near_float32():
     """Ten training steps from the same weights and batches, float32 against bfloat16 (the
-    accelerator plan, Face-ID off, 32 x 32, ch 4): the losses of every step within 5 %, and
-    each net's total parameter update pointing the same way. Measured cosines: discriminators
-    0.9985-0.9997, generators 0.65-0.69. The generators' updates differ more for the reason
-    float32 runs differ from float64 ones (README, "Comparing runs"): InstanceNorm over the
-    hourglasses' tiny centres amplifies rounding, and Adam's first steps (update ~ lr * sign)
-    turn it into lr-sized differences; bfloat16 products round more. Bounds: 0.99 and 0.5."""
+    accelerator plan, Face-ID off, 32 x 32, ch 4).
+
+    Losses: bfloat16's step on each state of the float32 run, so that they differ by the
+    precision alone. Measured (jax 0.10.2, CPU): d_loss within 0.07 %, g_loss within 4.1 % (its
+    CAM terms, weight 1000, on this tiny net's logits). Along each run's own path the losses also
+    carry the paths' divergence (g_loss up to 6.3 % at step 8), so those are not compared step by
+    step; the paths are compared by each net's total parameter update, which should point the
+    same way. Measured cosines: discriminators 0.9985-0.9997, generators 0.65-0.69. The generators'
+    updates differ more for the reason float32 runs differ from float64 ones (README, "Comparing
+    runs"): InstanceNorm over the hourglasses' tiny centres amplifies rounding, and Adam's first
+    steps (update ~ lr * sign) turn it into lr-sized differences; bfloat16 products round more.
+    Bounds: losses 0.5 % and 10 %, cosines 0.99 and 0.5."""
     specs = small_specs()
     model = ts.TrainModel(specs, None)
     hp = ts.Hparams(iteration=100, faceid_weight=0.0)
@@ -114,40 +120,43 @@ def test_ten_bfloat16_steps_stay_near_float32():
     start = model.init_state(ts.fresh_nets(specs, 0), hp)
     rng = np.random.default_rng(0)
     batches = [
-        tuple(rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in "AB")
+        tuple(
+            ts.put_batch(rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32), mesh) for _ in "AB"
+        )
         for _ in range(10)
     ]
-    runs = {}
-    for name in ("float32", "bfloat16"):
-        step = ts.make_step(model, hp, mesh, plan=backend.PLANS["accelerator"], precision_name=name)
-        state, losses = ts.put_replicated(start, mesh), []
+    steps = {
+        name: ts.make_step(model, hp, mesh, plan=backend.PLANS["accelerator"], precision_name=name)
+        for name in ("float32", "bfloat16")
+    }
+
+    def losses(metrics) -> dict[str, float]:
+        return {k: float(metrics[k]) for k in ("d_loss", "g_loss")}
+
+    def run(name: str):
+        """The state after ten steps, and each step's (state before it, its losses)."""
+        state, path = ts.put_replicated(start, mesh), []
         for a, b in batches:
-            state, m = step(state, None, ts.put_batch(a, mesh), ts.put_batch(b, mesh))
-            losses.append({k: float(v) for k, v in m.items()})
-        runs[name] = (jax.device_get(state), losses)
-    (s32, l32), (s16, l16) = runs["float32"], runs["bfloat16"]
-    for a, b in zip(l32, l16):
-        for k in ("d_loss", "g_loss"):
-            assert b[k] == pytest.approx(a[k], rel=0.05), (k, a[k], b[k])
+            before = jax.device_get(state)
+            state, m = steps[name](state, None, a, b)
+            path.append((before, losses(m)))
+        return jax.device_get(state), path
+
+    (s32, path32), (s16, _) = run("float32"), run("bfloat16")
+    for i, ((state, l32), (a, b)) in enumerate(zip(path32, batches)):
+        _, m = steps["bfloat16"](ts.put_replicated(state, mesh), None, a, b)
+        l16 = losses(m)
+        assert l16["d_loss"] == pytest.approx(l32["d_loss"], rel=0.005), (i, l32, l16)
+        assert l16["g_loss"] == pytest.approx(l32["g_loss"], rel=0.10), (i, l32, l16)
+
+    def update(end, group: str, net: str) -> np.ndarray:
+        pairs = zip(jax.tree.leaves(end[group][net]), jax.tree.leaves(start[group][net]))
+        return np.concatenate([np.ravel(x - y) for x, y in pairs])
+
     cosines = {}
     for group in ("gen", "dis"):
         for net in s32[group]:
-            d32 = np.concatenate(
-                [
-                    np.ravel(x - y)
-                    for x, y in zip(
-                        jax.tree.leaves(s32[group][net]), jax.tree.leaves(start[group][net])
-                    )
-                ]
-            )
-            d16 = np.concatenate(
-                [
-                    np.ravel(x - y)
-                    for x, y in zip(
-                        jax.tree.leaves(s16[group][net]), jax.tree.leaves(start[group][net])
-                    )
-                ]
-            )
+            d32, d16 = update(s32, group, net), update(s16, group, net)
             cosines[net] = float(d32 @ d16 / (np.linalg.norm(d32) * np.linalg.norm(d16)))
     assert min(v for k, v in cosines.items() if k.startswith("dis")) >= 0.99, cosines
     assert min(v for k, v in cosines.items() if k.startswith("gen")) >= 0.5, cosines

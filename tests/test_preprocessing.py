@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from preprocessing import geometry
-from preprocessing.io import ImageError, discover, encode_png, load_rgb, write_atomic
+from preprocessing.files import discover, write_atomic
+from preprocessing.io import ImageError, encode_png, load_rgb
 from preprocessing.pipeline import Preprocessor, as_is, run
 
 

@@ -109,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from p2c_jax import cartoonize, paths
     from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
     from p2c_jax.weights.checkpoint import CheckpointError
+    from preprocessing.files import discover
     from preprocessing.flags import preprocessor_from_flags
-    from preprocessing.io import discover
 
     try:
         output = paths.as_path(args.output)

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from p2c_jax.data import tfrecords
-from preprocessing.io import is_url
+from preprocessing.files import is_url
 from preprocessing.splits import SPLITS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocessing.extras import require
-from preprocessing.io import is_url
+from preprocessing.files import is_url
 
 INFO_FILE = "dataset_info.json"
 SHUFFLE_BUFFER = 1024  # records: ~100-200 MB of 256 px PNGs, the original's splits whole

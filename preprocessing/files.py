@@ -1,0 +1,73 @@
+"""Input discovery and atomic writes: the standard library only (and ``etils`` for ``gs://``),
+so the training and inference core can write files without the image libraries."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``scheme://`` URL (``gs://``) rather than a local path."""
+    return "://" in os.fspath(path)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
+    """Write bytes so that the path holds either nothing (or its old content) or the whole file.
+
+    A ``gs://`` path (an ``etils.epath.Path`` or a string) is one object upload, which GCS makes
+    visible only once complete; a local one a temporary file beside it (the parent created),
+    renamed into place, removed on failure. The file gets the mode ``open(path, "w")`` would give
+    it, 0o666 less the umask (the kernel applies it; ``mkstemp``'s 0o600 would not follow it).
+    ``fsync``: flushed to disk before the rename.
+    """
+    if is_url(path):
+        from etils import epath
+
+        epath.Path(path).write_bytes(data)
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another's file; not ours to remove if so
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def discover(inputs: Iterable[str]) -> list[tuple[Path, str]]:
+    """Expand files, folders (recursively) and globs into (path, relative name) pairs.
+
+    A folder's files are named relative to it; a file or glob match by its base name.
+    Every file is kept, images or not (hidden files aside), so that each gets a result.
+    """
+    found: dict[str, Path] = {}
+    for spec in inputs:
+        p = Path(spec)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith("."):
+                    found.setdefault(f.relative_to(p).as_posix(), f)
+        elif p.exists():
+            found.setdefault(p.name, p)
+        else:
+            matches = sorted(glob.glob(spec, recursive=True))
+            for m in matches:
+                if Path(m).is_file():
+                    found.setdefault(Path(m).name, Path(m))
+            if not matches:
+                found.setdefault(p.name or spec, p)
+    return [(path, rel) for rel, path in sorted(found.items())]
