@@ -80,27 +80,34 @@ def _final(workdir: Path) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
 
 
+@pytest.fixture(scope="module")
+def straight(dataset, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The final arrays of 4 steps trained without a stop, the reference of both resumes."""
+    workdir = tmp_path_factory.mktemp("straight")
+    assert trainer.train(_config(dataset, workdir)) == 4
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    return _final(workdir)
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
-def test_resume_continues_exactly(dataset, tmp_path):
+def test_resume_continues_exactly(dataset, straight, tmp_path):
     """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included)."""
-    assert trainer.train(_config(dataset, tmp_path / "straight")) == 4
     with _preempted_after(2):
         assert trainer.train(_config(dataset, tmp_path / "split")) == 2
     assert sorted(os.listdir(tmp_path / "split" / "checkpoints")) == ["2"]
     with pytest.raises(trainer.TrainError, match="--resume true"):
         trainer.train(_config(dataset, tmp_path / "split"))
     assert trainer.train(_config(dataset, tmp_path / "split", resume=True)) == 4
-    straight, split = _final(tmp_path / "straight"), _final(tmp_path / "split")
+    split = _final(tmp_path / "split")
     assert straight.keys() == split.keys() and len(straight) > 1000
     for k in straight:
         np.testing.assert_array_equal(straight[k], split[k], err_msg=k)
-    assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["2", "4"]
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
-def test_workdir_on_gcs_resumes_exactly_and_exports(dataset, tmp_path, gcs_bucket):
+def test_workdir_on_gcs_resumes_exactly_and_exports(dataset, straight, tmp_path, gcs_bucket):
     """A gs:// workdir (a fake GCS server on 127.0.0.1): 2 steps, preempted, resumed for 2 more,
     equal to 4 straight local steps; sample grids, TensorBoard events and checkpoints land in
     the bucket; convert_weights.py --src that workdir exports a .pt the original nets load."""
@@ -109,8 +116,7 @@ def test_workdir_on_gcs_resumes_exactly_and_exports(dataset, tmp_path, gcs_bucke
     with _preempted_after(2):
         assert trainer.train(cfg) == 2
     assert trainer.train(_config(dataset, str(workdir), print_freq=2, resume=True)) == 4
-    assert trainer.train(_config(dataset, tmp_path / "straight")) == 4
-    straight, remote = _final(tmp_path / "straight"), _final(workdir)
+    remote = _final(workdir)
     assert straight.keys() == remote.keys() and len(straight) > 1000
     for k in straight:
         np.testing.assert_array_equal(straight[k], remote[k], err_msg=k)
