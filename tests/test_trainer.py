@@ -80,6 +80,13 @@ def _final(workdir: Path) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
 
 
+def _assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """``a`` and ``b`` (two ``_final``s) hold the same arrays, bit for bit."""
+    assert a.keys() == b.keys() and len(a) > 1000
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 @pytest.fixture(scope="module")
 def straight(dataset, tmp_path_factory) -> dict[str, np.ndarray]:
     """The final arrays of 4 steps trained without a stop, the reference of both resumes."""
@@ -99,10 +106,7 @@ def test_resume_continues_exactly(dataset, straight, tmp_path):
     with pytest.raises(trainer.TrainError, match="--resume true"):
         trainer.train(_config(dataset, tmp_path / "split"))
     assert trainer.train(_config(dataset, tmp_path / "split", resume=True)) == 4
-    split = _final(tmp_path / "split")
-    assert straight.keys() == split.keys() and len(straight) > 1000
-    for k in straight:
-        np.testing.assert_array_equal(straight[k], split[k], err_msg=k)
+    _assert_same_arrays(straight, _final(tmp_path / "split"))
 
 
 @pytest.mark.slow
@@ -116,10 +120,7 @@ def test_workdir_on_gcs_resumes_exactly_and_exports(dataset, straight, tmp_path,
     with _preempted_after(2):
         assert trainer.train(cfg) == 2
     assert trainer.train(_config(dataset, str(workdir), print_freq=2, resume=True)) == 4
-    remote = _final(workdir)
-    assert straight.keys() == remote.keys() and len(straight) > 1000
-    for k in straight:
-        np.testing.assert_array_equal(straight[k], remote[k], err_msg=k)
+    _assert_same_arrays(straight, _final(workdir))
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
     assert (workdir / Path(str(dataset)).name / "img" / "A2B_0000002.png").exists()
     assert not list(Path.cwd().glob("gs:*")) and not (tmp_path / "gs:").exists()
@@ -201,10 +202,7 @@ def test_sigkill_while_saving_resumes_from_last_complete_checkpoint(dataset, tmp
     assert f"at step {max(complete)}" in resumed.stdout
     straight = _config(dataset, tmp_path / "straight", iteration=8, save_freq=1, keep=10)
     assert trainer.train(straight) == 8
-    a, b = _final(tmp_path / "straight"), _final(workdir)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    _assert_same_arrays(_final(tmp_path / "straight"), _final(workdir))
 
 
 @pytest.mark.slow
@@ -220,10 +218,7 @@ def test_trains_from_tfrecords_as_from_folders(dataset, tmp_path):
     with _preempted_after(2):
         assert trainer.train(_config(dataset, tmp_path / "folders")) == 2
         assert trainer.train(_config(records, tmp_path / "tfrecords")) == 2
-    folders, tfrecords = _final(tmp_path / "folders"), _final(tmp_path / "tfrecords")
-    assert folders.keys() == tfrecords.keys()
-    for k in folders:
-        np.testing.assert_array_equal(folders[k], tfrecords[k], err_msg=k)
+    _assert_same_arrays(_final(tmp_path / "folders"), _final(tmp_path / "tfrecords"))
 
 
 def test_faceid_without_weights_names_the_way_out(dataset, tmp_path):
