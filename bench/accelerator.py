@@ -183,7 +183,7 @@ def train_row(side: str, precision: str, batch: int, sizes: dict) -> dict:
     from p2c_jax import backend
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.train.face_id import FaceID
+    from p2c_jax.nn.face_id import FaceID
 
     specs = training_specs(sizes["ch"], sizes["train_img"], True)
     face_spec = NetSpec("mobilefacenet", 512)

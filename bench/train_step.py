@@ -36,7 +36,7 @@ def run_jax(args, remat: bool) -> dict:
 
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.train.face_id import FaceID
+    from p2c_jax.nn.face_id import FaceID
 
     specs = training_specs(args.ch, args.img_size, args.light)
     face_spec = NetSpec("mobilefacenet", 512)

@@ -17,7 +17,7 @@ from torch_trainer import TorchTrainer
 from p2c_jax import backend
 from p2c_jax.nn.models import NetSpec
 from p2c_jax.pytorch import nets as torch_port
-from p2c_jax.train import face_id
+from p2c_jax.nn import face_id
 from p2c_jax.train import step as ts
 
 SIZE, CH = 32, 4

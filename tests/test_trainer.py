@@ -376,7 +376,7 @@ def test_step_cache_keeps_its_face_net(monkeypatch):
 
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.train.face_id import FaceID
+    from p2c_jax.nn.face_id import FaceID
 
     monkeypatch.setattr(trainer, "_STEP_CACHE", {})
     spec = NetSpec("mobilefacenet", 512)

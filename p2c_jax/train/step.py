@@ -50,7 +50,7 @@ from p2c_jax.nn.layers import CONV_OUTPUT, SpectralState
 from p2c_jax.nn.models import DISCRIMINATORS, GENERATORS, NetSpec, abstract, build
 from p2c_jax.train import losses
 from p2c_jax.train.config import Hparams
-from p2c_jax.train.face_id import FaceID, cosine_similarity
+from p2c_jax.nn.face_id import FaceID, cosine_similarity
 
 AXIS = "data"
 Tree = dict
