@@ -106,7 +106,7 @@ def generator_rows(sizes: dict) -> list[dict]:
     compiles = _compile_seconds()
     rows = []
     for precision in ("float32", "bfloat16"):
-        fwd = forward(spec, precision, "accelerator")
+        fwd = forward(spec, precision, plan="accelerator")
         for batch in sizes["gen_batches"]:
             x = np.random.default_rng(batch).uniform(
                 -1, 1, (batch, spec.img_size, spec.img_size, 3)
@@ -180,23 +180,25 @@ def train_row(side: str, precision: str, batch: int, sizes: dict) -> dict:
     import jax
     from flax import nnx
 
-    from p2c_jax import backend
-    from p2c_jax.nn.models import NetSpec, build, training_specs
-    from p2c_jax.train import step as ts
+    from p2c_jax import parallel
     from p2c_jax.nn.face_id import FaceID
+    from p2c_jax.nn.models import NetSpec, build, training_specs
+    from p2c_jax.nn.numerics import Numerics
+    from p2c_jax.train.config import Hparams
+    from p2c_jax.train.partition import make_step
+    from p2c_jax.train.state import TrainModel, fresh_nets
+    from p2c_jax.train.step import TrainStep
 
     specs = training_specs(sizes["ch"], sizes["train_img"], True)
     face_spec = NetSpec("mobilefacenet", 512)
     face = FaceID(face_spec, nnx.state(build(face_spec)))
-    hp = ts.Hparams()
-    model = ts.TrainModel(specs, face)
-    mesh = ts.make_mesh(jax.devices()[:1])
-    state = ts.put_replicated(model.init_state(ts.fresh_nets(specs, 0), hp), mesh)
-    face_state = ts.put_replicated(face.state, mesh)
-    step = ts.make_step(
-        model, hp, mesh, plan=backend.PLANS["accelerator"], precision_name=precision
-    )
-    a, b = (ts.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh) for _ in "AB")
+    hp = Hparams()
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = TrainModel(specs, face, Numerics(precision))
+    state = parallel.put_replicated(model.init_state(fresh_nets(specs, 0), hp), mesh)
+    face_state = parallel.put_replicated(face.state, mesh)
+    step = make_step(TrainStep(model, hp), mesh, plan="accelerator")
+    a, b = (parallel.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh) for _ in "AB")
     compiles = _compile_seconds()
     holder = {"state": state}
 

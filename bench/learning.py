@@ -71,8 +71,8 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     from p2c_jax.eval.evaluator import quantize, to_unit_range
     from p2c_jax.inference import forward
     from p2c_jax.nn.models import training_specs
-    from p2c_jax.train import step as ts
     from p2c_jax.train.evaluation import _test_uint8
+    from p2c_jax.train.state import fresh_nets
     from p2c_jax.weights.checkpoint import CHECKPOINTS, load_nets
 
     photos = _test_uint8(data, "A", args.img_size, 8)
@@ -81,7 +81,7 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     out = {}
     for s in steps:
         if s == 0:
-            state = ts.fresh_nets(training_specs(args.ch, args.img_size, True), 0)["genA2B"]
+            state = fresh_nets(training_specs(args.ch, args.img_size, True), 0)["genA2B"]
         else:
             state = load_nets(work / CHECKPOINTS / str(s), ["genA2B"])["genA2B"][1]
         out[s] = np.asarray(quantize(run(state, to_unit_range(photos))[0])).astype(np.uint8)

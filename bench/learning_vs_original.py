@@ -105,7 +105,7 @@ def train_original(args, data: Path, out: Path, seed: int) -> None:
 
     from p2c_jax.nn.models import training_specs
     from p2c_jax.pytorch.bridge import from_state
-    from p2c_jax.train.step import fresh_nets
+    from p2c_jax.train.state import fresh_nets
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -175,7 +175,7 @@ def score_all(args, data: Path, work: Path) -> dict:
     from p2c_jax.eval.evaluator import Evaluator
     from p2c_jax.nn.models import training_specs
     from p2c_jax.train.evaluation import _test_uint8
-    from p2c_jax.train.step import fresh_nets
+    from p2c_jax.train.state import fresh_nets
     from p2c_jax.weights.checkpoint import CHECKPOINTS, load_nets
     from p2c_jax.weights.convert import state_from_torch
 

@@ -34,24 +34,29 @@ def run_jax(args, remat: bool) -> dict:
     import numpy as np
     from flax import nnx
 
-    from p2c_jax.nn.models import NetSpec, build, training_specs
-    from p2c_jax.train import step as ts
+    from p2c_jax import parallel
     from p2c_jax.nn.face_id import FaceID
+    from p2c_jax.nn.models import NetSpec, build, training_specs
+    from p2c_jax.nn.numerics import Numerics
+    from p2c_jax.train.config import Hparams
+    from p2c_jax.train.partition import make_step
+    from p2c_jax.train.state import TrainModel, fresh_nets
+    from p2c_jax.train.step import TrainStep
 
     specs = training_specs(args.ch, args.img_size, args.light)
     face_spec = NetSpec("mobilefacenet", 512)
     face = FaceID(face_spec, nnx.state(build(face_spec)))
-    hp = ts.Hparams()
-    model = ts.TrainModel(specs, face)
-    mesh = ts.make_mesh(jax.devices()[:1])
-    state = ts.put_replicated(model.init_state(ts.fresh_nets(specs, 0), hp), mesh)
-    face_state = ts.put_replicated(face.state, mesh)
-    step = ts.make_step(model, hp, mesh, remat=remat)
+    hp = Hparams()
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = TrainModel(specs, face, Numerics.for_devices(jax.devices()[:1]))
+    state = parallel.put_replicated(model.init_state(fresh_nets(specs, 0), hp), mesh)
+    face_state = parallel.put_replicated(face.state, mesh)
+    step = make_step(TrainStep(model, hp, remat=remat), mesh)
     rng = np.random.default_rng(0)
     shape = (1, args.img_size, args.img_size, 3)
 
     def batch():
-        return ts.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh)
+        return parallel.put_batch(rng.uniform(-1, 1, shape).astype(np.float32), mesh)
 
     a, b = batch(), batch()
     jax.block_until_ready((state, face_state, a, b))
@@ -84,7 +89,7 @@ def run_torch(args) -> dict:
     from torch_trainer import TorchTrainer
 
     from p2c_jax.pytorch import nets as torch_port
-    from p2c_jax.train.step import Hparams
+    from p2c_jax.train.config import Hparams
 
     torch.manual_seed(0)
     nets = {

@@ -19,36 +19,40 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from p2c_jax import backend
-from p2c_jax.nn import precision
-from p2c_jax.nn.models import FACENET, NetSpec, abstract
+from p2c_jax.nn.models import FACENET, NetSpec
+from p2c_jax.nn.models import graphdef as nn_graphdef
+from p2c_jax.nn.numerics import Numerics
+from p2c_jax.parallel import uses_cpu_forms
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
 FACE_SIZE = 256  # the original test.py's face size, its released ONNX file's input
 
 
-def forward(spec: NetSpec, precision_name: str = "float32", plan_name: str | None = None):
-    """The jitted inference pass ``(state, x) -> outputs`` of nets of ``spec``.
-
-    Traced under the backend plan ``plan_name`` (default: the one in force) and the precision
-    ``precision_name``; one per arguments, so calls never hash a net's graph. Under the CPU
-    plan the net runs one image at a time, which XLA:CPU runs faster than a batch.
-    """
-    return _forward(spec, precision.check(precision_name), plan_name or backend.plan().name)
+def forward(
+    spec: NetSpec,
+    precision: str = "float32",
+    devices: Sequence[jax.Device] | None = None,
+    plan: str = "auto",
+):
+    """The jitted inference pass ``(state, x) -> outputs`` of nets of ``spec`` for ``devices``
+    (default: this process's), in ``precision``. Where the devices take the XLA:CPU forms
+    (``parallel.uses_cpu_forms``; ``plan`` can force them on or off) the net runs one image at a
+    time, which XLA:CPU runs faster than a batch."""
+    cpu = uses_cpu_forms(devices or jax.local_devices(), plan)
+    return _forward(spec, Numerics(precision, conv_forms=cpu), cpu)
 
 
 @functools.cache
-def _forward(spec: NetSpec, precision_name: str, plan_name: str):
-    plan = backend.PLANS[plan_name]
-    graphdef = nnx.graphdef(abstract(spec))
+def _forward(spec: NetSpec, numerics: Numerics, map_images: bool):
+    """One program per arguments, so calls never hash a net's graph."""
+    graphdef = nn_graphdef(spec, numerics)
 
     def apply(state: nnx.State, x: jax.Array):
-        with backend.use_plan(plan.name), precision.use(precision_name):
-            net = nnx.merge(graphdef, state)
-            if not plan.map_images:
-                return net(x)
-            return jax.lax.map(lambda xi: jax.tree.map(lambda a: a[0], net(xi[None])), x)
+        net = nnx.merge(graphdef, state)
+        if not map_images:
+            return net(x)
+        return jax.lax.map(lambda xi: jax.tree.map(lambda a: a[0], net(xi[None])), x)
 
     return jax.jit(apply)
 
@@ -107,7 +111,7 @@ def load_generator(
 ) -> CompiledNet:
     """``gen(x [N,S,S,3] in [-1,1]) -> (image [N,S,S,3], cam_logit [N,2], heatmap [N,S/4,S/4,1])``
     from an original ``photo2cartoon_weights.pt``, our checkpoint or a training workdir;
-    ``precision`` float32 or bfloat16 (``nn.precision``). ``gen.spec.img_size`` is S, the size
+    ``precision`` float32 or bfloat16 (``nn.numerics``). ``gen.spec.img_size`` is S, the size
     the generator runs at (``output_spec``: 256 unless ``img_size`` says otherwise)."""
     spec, state = load_any(path, [net])[net]
     if spec.kind != "generator":
@@ -122,9 +126,10 @@ def load_face_embedder(path: str | Path) -> CompiledNet:
     return CompiledNet(spec, state)
 
 
-def default_batch_size() -> int:
-    """8 per accelerator; 1 per CPU device (the CPU plan maps the batch image by image anyway)."""
-    return (1 if backend.plan().map_images else 8) * len(jax.local_devices())
+def default_batch_size(devices: Sequence[jax.Device] | None = None) -> int:
+    """8 per accelerator; 1 per CPU device (XLA:CPU runs the batch image by image anyway)."""
+    devices = devices or jax.local_devices()
+    return (1 if uses_cpu_forms(devices) else 8) * len(devices)
 
 
 class BatchedGenerator:
@@ -141,7 +146,7 @@ class BatchedGenerator:
         self.spec, self.size = gen.spec, gen.spec.img_size
         self.state = jax.device_put(gen.state, NamedSharding(mesh, P()))
         self._data = NamedSharding(mesh, P("data"))
-        self._forward = forward(gen.spec, gen.precision)
+        self._forward = forward(gen.spec, gen.precision, devices)
 
     def dispatch(self, x: np.ndarray) -> jax.Array:
         """Start the forward pass of ``x`` [n <= batch_size, S, S, 3]; returns without waiting."""

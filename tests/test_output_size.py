@@ -14,7 +14,7 @@ import pytest
 from p2c_jax.cli.infer import main as infer_main
 from p2c_jax.inference import FACE_SIZE, load_generator
 from p2c_jax.nn.models import NetSpec
-from p2c_jax.train.step import fresh_nets
+from p2c_jax.train.state import fresh_nets
 from p2c_jax.weights.checkpoint import CheckpointError, save_nets
 from p2c_jax.weights.convert import save_torch
 

@@ -13,12 +13,15 @@ from flax import nnx
 from reference import perturb, to_flax
 from test_train_step import small_specs
 
-from p2c_jax import backend
+from p2c_jax import parallel
 from p2c_jax.inference import forward
-from p2c_jax.nn import precision
-from p2c_jax.nn.models import NetSpec, build
+from p2c_jax.nn.models import NetSpec, build, graphdef
+from p2c_jax.nn.numerics import Numerics
 from p2c_jax.pytorch import nets as torch_port
-from p2c_jax.train import step as ts
+from p2c_jax.train.config import Hparams
+from p2c_jax.train.partition import make_step
+from p2c_jax.train.state import TrainModel, fresh_nets
+from p2c_jax.train.step import TrainStep
 from preprocessing.io import load_rgb
 
 
@@ -35,15 +38,12 @@ def test_bfloat16_products_float32_statistics():
     operands and returns float32; every reduction (the normalisation statistics, CAM pooling,
     heatmap) runs on float32; the outputs are float32. In float32 the products run at HIGHEST."""
     spec = NetSpec("generator", 4, img_size=32, light=True)
-    graphdef, state = nnx.split(build(spec))
+    state = nnx.state(build(spec))
     x = jnp.zeros((1, 32, 32, 3))
 
     def traced(name: str):
-        def apply(state, x):
-            with precision.use(name):
-                return nnx.merge(graphdef, state)(x)
-
-        return jax.make_jaxpr(apply)(state, x)
+        net = graphdef(spec, Numerics(name))
+        return jax.make_jaxpr(lambda state, x: nnx.merge(net, state)(x))(state, x)
 
     bf16 = traced("bfloat16")
     eqns = _equations(bf16.jaxpr)
@@ -76,8 +76,8 @@ def _bfloat16_psnrs(faces: list[np.ndarray]) -> list[float]:
     x = np.stack(
         [cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) / 127.5 - 1 for f in faces]
     ).astype(np.float32)
-    f32 = np.asarray(forward(spec, "float32", "accelerator")(state, x)[0])
-    bf16 = np.asarray(forward(spec, "bfloat16", "accelerator")(state, x)[0])
+    f32 = np.asarray(forward(spec, "float32", plan="accelerator")(state, x)[0])
+    bf16 = np.asarray(forward(spec, "bfloat16", plan="accelerator")(state, x)[0])
     assert bf16.dtype == np.float32
     return [float(10 * np.log10(4.0 / np.mean((a - b) ** 2))) for a, b in zip(f32, bf16)]
 
@@ -101,7 +101,7 @@ def test_bfloat16_generator_psnr_on_aligned_photos(data_dir):
 @pytest.mark.slow
 def test_ten_bfloat16_steps_stay_near_float32():
     """Ten training steps from the same weights and batches, float32 against bfloat16 (the
-    accelerator plan, Face-ID off, 32 x 32, ch 4).
+    staged step with the XLA:CPU convolution forms, Face-ID off, 32 x 32, ch 4).
 
     Losses: bfloat16's step on each state of the float32 run, so that they differ by the
     precision alone. Measured (jax 0.10.2, CPU): d_loss within 0.07 %, g_loss within 4.1 % (its
@@ -114,19 +114,21 @@ def test_ten_bfloat16_steps_stay_near_float32():
     steps (update ~ lr * sign) turn it into lr-sized differences; bfloat16 products round more.
     Bounds: losses 0.5 % and 10 %, cosines 0.99 and 0.5."""
     specs = small_specs()
-    model = ts.TrainModel(specs, None)
-    hp = ts.Hparams(iteration=100, faceid_weight=0.0)
-    mesh = ts.make_mesh(jax.devices()[:1])
-    start = model.init_state(ts.fresh_nets(specs, 0), hp)
+    hp = Hparams(iteration=100, faceid_weight=0.0)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    start = TrainModel(specs, None).init_state(fresh_nets(specs, 0), hp)
     rng = np.random.default_rng(0)
     batches = [
         tuple(
-            ts.put_batch(rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32), mesh) for _ in "AB"
+            parallel.put_batch(rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32), mesh)
+            for _ in "AB"
         )
         for _ in range(10)
     ]
     steps = {
-        name: ts.make_step(model, hp, mesh, plan=backend.PLANS["accelerator"], precision_name=name)
+        name: make_step(
+            TrainStep(TrainModel(specs, None, Numerics(name, conv_forms=True)), hp), mesh, "cpu"
+        )
         for name in ("float32", "bfloat16")
     }
 
@@ -135,7 +137,7 @@ def test_ten_bfloat16_steps_stay_near_float32():
 
     def run(name: str):
         """The state after ten steps, and each step's (state before it, its losses)."""
-        state, path = ts.put_replicated(start, mesh), []
+        state, path = parallel.put_replicated(start, mesh), []
         for a, b in batches:
             before = jax.device_get(state)
             state, m = steps[name](state, None, a, b)
@@ -144,7 +146,7 @@ def test_ten_bfloat16_steps_stay_near_float32():
 
     (s32, path32), (s16, _) = run("float32"), run("bfloat16")
     for i, ((state, l32), (a, b)) in enumerate(zip(path32, batches)):
-        _, m = steps["bfloat16"](ts.put_replicated(state, mesh), None, a, b)
+        _, m = steps["bfloat16"](parallel.put_replicated(state, mesh), None, a, b)
         l16 = losses(m)
         assert l16["d_loss"] == pytest.approx(l32["d_loss"], rel=0.005), (i, l32, l16)
         assert l16["g_loss"] == pytest.approx(l32["g_loss"], rel=0.10), (i, l32, l16)

@@ -62,7 +62,7 @@ def _config(dataset: Path, workdir: Path, **kw) -> Config:
 def _preempted_after(step: int):
     """``train`` stopped as a preemption would stop it, after ``step``."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer._Stop, "requested", lambda self, at: at >= step)
+        mp.setattr(trainer.Stop, "requested", lambda self, at: at >= step)
         yield
 
 
@@ -350,7 +350,7 @@ def test_demo_run_says_where_its_dataset_and_workdir_are(tmp_path, monkeypatch, 
         raise StopError
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(trainer, "compiled_step", stop)
+    monkeypatch.setattr(trainer, "make_step", stop)
     argv = ["--dataset", "demo", "--img_size", str(SIZE), "--ch", str(CH), "--faceid_weight", "0"]
     with pytest.raises(StopError):
         main([*argv, "--workdir", "runs/p2c"])
@@ -364,35 +364,6 @@ def test_demo_run_says_where_its_dataset_and_workdir_are(tmp_path, monkeypatch, 
         main(argv)
     default = Config.flat(img_size=SIZE, ch=CH, faceid_weight=0.0).run_dir()
     assert f"workdir: {tmp_path / default} (checkpoints" in capsys.readouterr().out
-
-
-def test_step_cache_keeps_its_face_net(monkeypatch):
-    """The compiled-step cache holds the face net it was built for (it was keyed on its id: a
-    later net could reuse the id of a collected one and get a stale program)."""
-    import gc
-    import weakref
-
-    from flax import nnx
-
-    from p2c_jax.nn.models import NetSpec, build, training_specs
-    from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
-
-    monkeypatch.setattr(trainer, "_STEP_CACHE", {})
-    spec = NetSpec("mobilefacenet", 512)
-    weights = nnx.state(build(spec))
-    face = FaceID(spec, weights)
-    model = ts.TrainModel(training_specs(CH, SIZE, True), face)
-    mesh = ts.make_mesh(jax.devices()[:1])
-    step = trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32")
-    assert trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32") is step
-    alive = weakref.ref(face)
-    del face, model
-    gc.collect()
-    assert alive() is not None  # kept by the cache key, so its id cannot be reused
-    other = FaceID(spec, weights)
-    model = ts.TrainModel(training_specs(CH, SIZE, True), other)
-    assert trainer.compiled_step(model, ts.Hparams(), mesh, False, "float32") is not step
 
 
 def test_light_pretrained_weights_load_at_any_img_size(dataset, tmp_path):
@@ -410,11 +381,11 @@ def test_light_pretrained_weights_load_at_any_img_size(dataset, tmp_path):
         sds[name] = m.state_dict()
     torch.save(sds, pt)
     cfg = _config(dataset, tmp_path / "run", pretrained_weights=str(pt))
-    loaded = trainer._initial_nets(cfg, trainer.training_specs(CH, SIZE, True), print)
+    loaded = trainer.initial_nets(cfg, trainer.training_specs(CH, SIZE, True), print)
     got = jax.tree.leaves(loaded["genA2B"])
     assert len(got) == len(sds["genA2B"])
     with pytest.raises(trainer.TrainError, match="check --ch"):
-        trainer._initial_nets(
+        trainer.initial_nets(
             _config(dataset, tmp_path / "run", ch=8, pretrained_weights=str(pt)),
             trainer.training_specs(8, SIZE, True),
             print,

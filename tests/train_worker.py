@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,10 @@ def run(
     size: int,
     iteration: int,
     remat: bool = False,
+    plan: str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """``steps`` steps on every device of every process from ``weights``; needs x64 enabled.
+    """``steps`` steps on every device of every process from ``weights``, with the step
+    ``plan`` builds (``parallel.uses_cpu_forms``); needs x64 enabled.
 
     Returns, on every process, flat arrays: ``step{i}/metrics...`` (losses, lr and the raw
     gradients of step i, summed over devices, before weight decay and Adam) and
@@ -53,23 +54,27 @@ def run(
     """
     import jax
 
-    from p2c_jax.nn.models import TRAINING_NETS
-    from p2c_jax.train import step as ts
+    from p2c_jax import parallel
     from p2c_jax.nn.face_id import FaceID
-    from p2c_jax.train.loop import _host
+    from p2c_jax.nn.models import TRAINING_NETS
+    from p2c_jax.nn.numerics import Numerics
+    from p2c_jax.train.config import Hparams
+    from p2c_jax.train.partition import make_step
+    from p2c_jax.train.state import TrainModel
+    from p2c_jax.train.step import TrainStep
     from p2c_jax.weights.convert import load_torch, state_to_torch
 
     assert jax.config.jax_enable_x64
     nets = load_torch(weights, list(TRAINING_NETS))
     face = FaceID.load(face_weights) if face_weights else None
-    hp = ts.Hparams(iteration=iteration, faceid_weight=1.0 if face else 0.0)
-    model = ts.TrainModel({n: spec for n, (spec, _) in nets.items()}, face)
-    mesh = ts.make_mesh()
+    hp = Hparams(iteration=iteration, faceid_weight=1.0 if face else 0.0)
+    mesh = parallel.make_mesh()
+    numerics = Numerics.for_devices(jax.devices(), plan=plan)
+    model = TrainModel({n: spec for n, (spec, _) in nets.items()}, face, numerics)
     state = model.init_state({n: st for n, (_, st) in nets.items()}, hp)
-    state = ts.put_replicated(jax.tree.map(_float64, state), mesh)
-    face_state = ts.put_replicated(jax.tree.map(_float64, face.state), mesh) if face else None
-    step = ts.make_step(model, hp, mesh, with_grads=True, remat=remat)
-    residuals = track_residuals(step) if isinstance(step, ts.SplitStep) and not remat else None
+    state = parallel.put_replicated(jax.tree.map(_float64, state), mesh)
+    face_state = parallel.put_replicated(jax.tree.map(_float64, face.state), mesh) if face else None
+    step = make_step(TrainStep(model, hp, remat=remat, with_grads=True), mesh, plan)
     per = global_batch // jax.process_count()
     lo = jax.process_index() * per
     out = {}
@@ -77,41 +82,20 @@ def run(
         state, metrics = step(
             state,
             face_state,
-            ts.put_batch(a[lo : lo + per], mesh),
-            ts.put_batch(b[lo : lo + per], mesh),
+            parallel.put_batch(a[lo : lo + per], mesh),
+            parallel.put_batch(b[lo : lo + per], mesh),
         )
         nets_state = {k: state[k] for k in ("gen", "dis", "spectral")}
         for group, tree in (("metrics", metrics), ("state", nets_state)):
             for kp, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-                out[f"step{i + 1}/{group}{jax.tree_util.keystr(kp)}"] = np.asarray(_host(x))
-    if residuals is not None:
-        out["residuals/calls"] = np.asarray(len(residuals["refs"]))
-        out["residuals/most_alive"] = np.asarray(residuals["most_alive"])
-        out["residuals/alive_after"] = np.asarray(sum(r() is not None for r in residuals["refs"]))
-    host = jax.tree.map(_host, state)
+                out[f"step{i + 1}/{group}{jax.tree_util.keystr(kp)}"] = np.asarray(
+                    parallel.host_value(x)
+                )
+    host = jax.tree.map(parallel.host_value, state)
     for name in TRAINING_NETS:
         for key, value in state_to_torch(model.net_state(host, name)).items():
             out[f"final/{name}.{key}"] = value
     return out
-
-
-def track_residuals(step) -> dict:
-    """Counts how many generator calls of ``step`` hold their vjp residuals at once: a weak
-    reference per call, the most alive at any call in ``most_alive``."""
-    import jax
-
-    seen = {"refs": [], "most_alive": 0}
-    for programs in {id(p): p for p in step._gen.values()}.values():
-
-        def forward(params, x, forward=programs["forward"]):
-            y, cam, vjp = forward(params, x)
-            seen["refs"].append(weakref.ref(jax.tree.leaves(vjp)[0]))
-            alive = sum(r() is not None for r in seen["refs"])
-            seen["most_alive"] = max(seen["most_alive"], alive)
-            return y, cam, vjp
-
-        programs["forward"] = forward
-    return seen
 
 
 def _float64(x):
@@ -135,13 +119,12 @@ def start(
     plan: str = "cpu",
 ) -> subprocess.Popen:
     """This file as a script, in a process with ``devices`` CPU devices, the step of ``plan``
-    (``p2c_jax.backend``: the accelerator plan runs on CPU too)."""
+    (``parallel.uses_cpu_forms``: the accelerator plan runs on CPU too)."""
     env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_PLATFORMS": "cpu",
         "PYTHONFAULTHANDLER": "1",
-        "P2C_PLAN": plan,
         # this checkout, not whichever one p2c_jax was installed from
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
@@ -170,6 +153,8 @@ def start(
         str(num_processes),
         "--port",
         str(port),
+        "--plan",
+        plan,
     ]
     if face_weights:
         cmd += ["--face_weights", str(face_weights)]
@@ -214,6 +199,7 @@ def _main() -> None:
     p.add_argument("--weights", required=True)
     p.add_argument("--face_weights", default=None)
     p.add_argument("--remat", action="store_true")
+    p.add_argument("--plan", default="cpu")
     for name in (
         "devices",
         "steps",
@@ -245,6 +231,7 @@ def _main() -> None:
         args.size,
         args.iteration,
         remat=args.remat,
+        plan=args.plan,
     )
     if jax.process_index() == 0:
         np.savez(args.out, **result)

@@ -40,7 +40,7 @@ def use_compile_cache(folder: str) -> None:
 
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:
-    from p2c_jax.nn.precision import PRECISIONS
+    from p2c_jax.nn.numerics import PRECISIONS
 
     p.add_argument(
         "--precision",

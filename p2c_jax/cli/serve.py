@@ -108,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import jax
 
-    from p2c_jax import backend
     from p2c_jax.inference import load_generator
+    from p2c_jax.parallel import uses_cpu_forms
     from p2c_jax.serve.batcher import Buckets
     from p2c_jax.weights.checkpoint import CheckpointError
     from preprocessing.flags import preprocessor_from_flags
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"error: unusable weights: {e}", file=sys.stderr)
         return 2
-    per_device = 4 if backend.plan().map_images else 8
+    per_device = 4 if uses_cpu_forms(jax.local_devices()) else 8
     engine = Buckets(gen, args.batch_size or per_device * len(jax.local_devices()))
     make = partial(preprocessor_from_flags, args, all_faces=True)
     limits = Limits(

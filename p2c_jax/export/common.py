@@ -93,31 +93,21 @@ def validate(req: Request) -> None:
 
 def image_fn(spec: NetSpec, state: nnx.State, precision: str = "float32") -> Callable:
     """``x [N,S,S,3] float32 in [-1,1] -> image [N,S,S,3] float32``: the generator's image
-    with ``state`` as constants, in ``precision`` (``nn.precision``: bfloat16 products,
-    float32 statistics). Trace it inside ``plain_convs()``."""
+    with ``state`` as constants, in ``precision`` (``nn.numerics``: bfloat16 products,
+    float32 statistics), with XLA's plain convolutions: the portable form every converter
+    reads (the XLA:CPU forms are tuned for that backend only)."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from p2c_jax.nn import precision as policy
-    from p2c_jax.nn.models import abstract
+    from p2c_jax.nn.models import graphdef
+    from p2c_jax.nn.numerics import Numerics
 
-    graphdef = nnx.graphdef(abstract(spec))
+    net = graphdef(spec, Numerics(precision))
 
     def image(x):
-        with policy.use(precision):
-            return nnx.merge(graphdef, state)(x)[0].astype(jnp.float32)
+        return nnx.merge(net, state)(x)[0].astype(jnp.float32)
 
     return image
-
-
-@contextlib.contextmanager
-def plain_convs() -> Iterator[None]:
-    """Trace with XLA's plain convolutions (``backend.use_plan("accelerator")``), the portable
-    form every converter reads; the CPU plan's forms are tuned for XLA:CPU only."""
-    from p2c_jax import backend
-
-    with backend.use_plan("accelerator"):
-        yield
 
 
 def probe_images(n: int, size: int) -> np.ndarray:
@@ -149,8 +139,8 @@ def reference(
     exported, since bfloat16 rounds differently in each plan's convolution forms."""
     from p2c_jax.inference import forward
 
-    plan = "accelerator" if precision == "bfloat16" else None
-    return np.asarray(forward(spec, precision, plan)(state, x)[0])
+    plan = "accelerator" if precision == "bfloat16" else "auto"
+    return np.asarray(forward(spec, precision, plan=plan)(state, x)[0])
 
 
 @dataclasses.dataclass

@@ -26,14 +26,13 @@ def export(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None, precis
     import jax
     from jax import export as jax_export
 
-    from p2c_jax.export.common import image_fn, plain_convs
+    from p2c_jax.export.common import image_fn
 
     s = spec.img_size
     n = jax_export.symbolic_shape("N")[0] if batch is None else batch
-    with plain_convs():
-        exported = jax_export.export(
-            jax.jit(image_fn(spec, state, precision)), platforms=PLATFORMS
-        )(jax.ShapeDtypeStruct((n, s, s, 3), np.float32))
+    exported = jax_export.export(jax.jit(image_fn(spec, state, precision)), platforms=PLATFORMS)(
+        jax.ShapeDtypeStruct((n, s, s, 3), np.float32)
+    )
     Path(dst).write_bytes(exported.serialize())
 
 

@@ -84,7 +84,7 @@ def _module(
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    from p2c_jax.export.common import image_fn, plain_convs
+    from p2c_jax.export.common import image_fn
 
     s = spec.img_size
     leaves, treedef = jax.tree.flatten(jax.tree.map(np.asarray, state))
@@ -94,23 +94,20 @@ def _module(
 
     image = staged_sums(image) if stage else image
 
-    with plain_convs():
-        converted = jax2tf.convert(
-            image,
-            polymorphic_shapes=[None, f"(N, {s}, {s}, 3)" if batch is None else None],
-            native_serialization_platforms=platforms,
-            with_gradient=False,
-        )
-        module = tf.Module()
-        module.weights = [tf.Variable(a, trainable=False) for a in leaves]
-        module.serve = tf.function(
-            lambda x: {OUTPUT: converted(module.weights, x)},
-            input_signature=[tf.TensorSpec([batch, s, s, 3], tf.float32, name=INPUT)],
-            autograph=False,
-        )
-        # trace while the plain-convolution plan is in force
-        signature = module.serve.get_concrete_function()
-    return module, signature
+    converted = jax2tf.convert(
+        image,
+        polymorphic_shapes=[None, f"(N, {s}, {s}, 3)" if batch is None else None],
+        native_serialization_platforms=platforms,
+        with_gradient=False,
+    )
+    module = tf.Module()
+    module.weights = [tf.Variable(a, trainable=False) for a in leaves]
+    module.serve = tf.function(
+        lambda x: {OUTPUT: converted(module.weights, x)},
+        input_signature=[tf.TensorSpec([batch, s, s, 3], tf.float32, name=INPUT)],
+        autograph=False,
+    )
+    return module, module.serve.get_concrete_function()
 
 
 def export_savedmodel(spec: NetSpec, state: nnx.State, dst: Path, batch: int | None) -> None:
@@ -118,11 +115,8 @@ def export_savedmodel(spec: NetSpec, state: nnx.State, dst: Path, batch: int | N
     with needs("export", "SavedModel export"):
         import tensorflow as tf
 
-    from p2c_jax.export.common import plain_convs
-
     module, signature = _module(spec, state, batch, SAVEDMODEL_PLATFORMS)
-    with plain_convs():  # should saving trace again, it traces the same form
-        tf.saved_model.save(module, str(dst), signatures={"serving_default": signature})
+    tf.saved_model.save(module, str(dst), signatures={"serving_default": signature})
 
 
 def export_tflite(spec: NetSpec, state: nnx.State, dst: Path, batch: int) -> None:
@@ -132,10 +126,8 @@ def export_tflite(spec: NetSpec, state: nnx.State, dst: Path, batch: int) -> Non
     with needs("export", "TFLite export"):
         import tensorflow as tf
 
-    from p2c_jax.export.common import plain_convs
-
     module, signature = _module(spec, state, batch, ("cpu",), stage=True)
-    with tempfile.TemporaryDirectory() as tmp, plain_convs():
+    with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": signature})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from p2c_jax.nn.models import FACENET, NetSpec, abstract
+from p2c_jax.nn.models import FACENET, NetSpec, graphdef
+from p2c_jax.nn.numerics import FLOAT32, Numerics
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
@@ -75,7 +76,6 @@ class FaceID:
         if spec.kind != "mobilefacenet":
             raise CheckpointError(f"face-ID weights must be a MobileFaceNet, got a {spec.kind}")
         self.spec = spec
-        self.graphdef = nnx.graphdef(abstract(spec))
         self.state = nnx.to_pure_dict(state)
 
     @classmethod
@@ -84,7 +84,7 @@ class FaceID:
         spec, state = load_any(path, [FACENET])[FACENET]
         return cls(spec, state)
 
-    def embed(self, state, x: jax.Array) -> jax.Array:
+    def embed(self, state, x: jax.Array, numerics: Numerics = FLOAT32) -> jax.Array:
         """Embeddings ``[N, 512]`` of the face crops of ``x`` ``[N,H,W,3]`` in [-1, 1]."""
         state = jax.lax.stop_gradient(state)
-        return nnx.merge(self.graphdef, state)(face_crop(x))
+        return nnx.merge(graphdef(self.spec, numerics), state)(face_crop(x))

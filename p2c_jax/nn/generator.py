@@ -158,7 +158,7 @@ class UpBlock(Sequential):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _, _, conv, *rest = self
-        x = upsample_pad_conv3x3(x, conv.weight[...])
+        x = upsample_pad_conv3x3(x, conv.weight[...], conv.numerics)
         for layer in rest:
             x = layer(x)
         return x

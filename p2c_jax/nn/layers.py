@@ -11,11 +11,13 @@ holds those rules.
 
 Initialisation follows torch's defaults, so training from scratch starts where
 the original starts.
+
+Layers that convolve or multiply hold their ``Numerics`` (precision, XLA:CPU forms) as a
+static attribute, set for a whole net by ``models.build``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 
@@ -25,8 +27,8 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from p2c_jax import backend
-from p2c_jax.nn import precision
+from p2c_jax.nn import conv_forms
+from p2c_jax.nn.numerics import Numerics
 
 EPS = 1e-5  # torch's InstanceNorm2d / BatchNorm / adaLIN eps
 # The name of every convolution's output, for checkpoint policies (``jax.checkpoint``) that keep
@@ -96,128 +98,30 @@ class Conv2d(nnx.Module):
         self.weight = nnx.Param(_uniform(rngs, (kernel, kernel, in_ch // groups, out_ch), fan_in))
         self.bias = nnx.Param(_uniform(rngs, (out_ch,), fan_in)) if bias else None
         self.stride, self.padding, self.groups = stride, padding, groups
+        self.numerics = Numerics()
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv2d(x, self.weight[...], self.bias, self.stride, self.padding, self.groups)
+        return conv2d(
+            x, self.weight[...], self.bias, self.numerics, self.stride, self.padding, self.groups
+        )
 
 
 def conv2d(
-    x: jax.Array, kernel: jax.Array, bias, stride: int = 1, padding: int = 0, groups: int = 1
+    x: jax.Array,
+    kernel: jax.Array,
+    bias,
+    numerics: Numerics,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
 ) -> jax.Array:
-    """NHWC convolution with an HWIO kernel, torch semantics.
-
-    Under the CPU plan (``p2c_jax.backend``) the form is chosen by shape, where XLA:CPU's own
-    convolution is slow (each measured in bench/conv_forms.py): 1x1 kernels as matrix
-    products, kernels over 3x3 on at most 4 input channels (the generator's 7x7 ones) over
-    2 x 2 pixel blocks, 3x3 ones over 17-32 channels in 16-channel slices, depthwise ones as
-    multiply-adds.
-    """
-    k, c_in, c_out = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-    if not backend.plan().conv_forms:
-        y = precision.conv(x, kernel, stride, padding, groups)
-    elif groups > 1 and c_in == 1 and groups == c_out:
-        y = _depthwise(x, kernel, stride, padding)
-    elif groups > 1 or stride > 1:
-        y = precision.conv(x, kernel, stride, padding, groups)
-    elif k == 1 and padding == 0:
-        y = precision.matmul(x, kernel[0, 0])
-    elif k == 3 and 16 < c_in <= 32:
-        y = _with_plain_gradient(_conv_sliced, x, kernel, padding)
-    elif k > 3 and c_in <= 4:
-        y = _conv_space_to_depth(x, kernel, padding)
+    """NHWC convolution with an HWIO kernel, torch semantics, in ``numerics`` (its XLA:CPU forms
+    where ``numerics.conv_forms``); the output is named ``CONV_OUTPUT``."""
+    if numerics.conv_forms:
+        y = conv_forms.conv(numerics, x, kernel, stride, padding, groups)
     else:
-        y = precision.conv(x, kernel, padding=padding)
+        y = numerics.conv(x, kernel, stride, padding, groups)
     return checkpoint_name(y if bias is None else y + bias[...], CONV_OUTPUT)
-
-
-def _conv_space_to_depth(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """A stride-1 convolution with few input channels as one over 2 x 2 pixel blocks: the input
-    with its blocks on channels (4 C_in), a kernel of ceil((k + 1) / 2) taps to the 4 C_out
-    outputs of each block, the blocks back to pixels: more multiply-adds, in shapes XLA:CPU runs
-    faster than its own 7x7 convolution (docs/benchmarks.md)."""
-    s = 2
-    x = pad_hw(x, padding)
-    kh, kw, c_in, c_out = kernel.shape
-    n, h, w = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    taps = -(-(kh + s - 1) // s)
-    # kernel[U, V, (du, dv, c), (a, b, o)] = kernel[s U + du - a, s V + dv - b, c, o], 0 outside
-    shifted = [
-        [
-            jnp.pad(
-                kernel, ((a, taps * s - kh - a), (b, taps * s - kw - b), (0, 0), (0, 0))
-            ).reshape(taps, s, taps, s, c_in, c_out)
-            for b in range(s)
-        ]
-        for a in range(s)
-    ]
-    blocks_kernel = (
-        jnp.stack([jnp.stack(row, -2) for row in shifted], -3)
-        .transpose(0, 2, 1, 3, 4, 5, 6, 7)
-        .reshape(taps, taps, s * s * c_in, s * s * c_out)
-    )
-    ho, wo = -(-h // s), -(-w // s)
-    rows, cols = (ho + taps - 1) * s, (wo + taps - 1) * s
-    x = jnp.pad(x, ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]), (0, 0)))
-    x = (
-        x.reshape(n, rows // s, s, cols // s, s, c_in)
-        .transpose(0, 1, 3, 2, 4, 5)
-        .reshape(n, rows // s, cols // s, s * s * c_in)
-    )
-    y = precision.conv(x, blocks_kernel)
-    y = (
-        y.reshape(n, ho, wo, s, s, c_out)
-        .transpose(0, 1, 3, 2, 4, 5)
-        .reshape(n, ho * s, wo * s, c_out)
-    )
-    return y[:, :h, :w]
-
-
-def _depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """A depthwise convolution as a sum of strided input windows times kernel taps: plain
-    multiply-adds that XLA fuses, where XLA:CPU's grouped convolution is slow."""
-    x = pad_hw(x, padding)
-    k = kernel.shape[0]
-    h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
-    out = 0
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
-                x,
-                (0, i, j, 0),
-                (x.shape[0], i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, x.shape[3]),
-                (1, stride, stride, 1),
-            )
-            out = out + window * kernel[i, j, 0]
-    return out
-
-
-def _conv_sliced(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """A convolution as a sum over 16-channel input slices: XLA:CPU runs a 3x3 one over 32
-    channels slower than two over 16 (bench/conv_forms.py)."""
-    return sum(
-        precision.conv(x[..., i : i + 16], kernel[:, :, i : i + 16], padding=padding)
-        for i in range(0, kernel.shape[2], 16)
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _with_plain_gradient(
-    form: Callable, x: jax.Array, kernel: jax.Array, padding: int
-) -> jax.Array:
-    """``form(x, kernel, padding)``, a faster form of a stride-1 convolution, whose gradient
-    is the plain convolution's: the forms' own gradients are slower (bench/conv_forms.py)."""
-    return form(x, kernel, padding)
-
-
-def _with_plain_gradient_fwd(form, x, kernel, padding):
-    return form(x, kernel, padding), (x, kernel)
-
-
-def _with_plain_gradient_bwd(form, padding, residuals, ct):
-    return jax.vjp(lambda x, k: precision.conv(x, k, padding=padding), *residuals)[1](ct)
-
-
-_with_plain_gradient.defvjp(_with_plain_gradient_fwd, _with_plain_gradient_bwd)
 
 
 class Linear(nnx.Module):
@@ -226,9 +130,10 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, rngs: nnx.Rngs):
         self.weight = nnx.Param(_uniform(rngs, (in_features, out_features), in_features))
         self.bias = nnx.Param(_uniform(rngs, (out_features,), in_features)) if bias else None
+        self.numerics = Numerics()
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = precision.matmul(x, self.weight[...])
+        y = self.numerics.matmul(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -273,13 +178,14 @@ class SNConv2d(nnx.Module):
         self.weight_u = SpectralState(_unit(rngs, out_ch))
         self.weight_v = SpectralState(_unit(rngs, fan_in))
         self.stride = stride
+        self.numerics = Numerics()
 
     def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
         kernel = self.weight_orig[...]
         # torch flattens OIHW: weight.reshape(out, -1)
         w_mat = kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
         sigma = _spectral_weight(w_mat, self.weight_u, self.weight_v, update_stats)
-        return conv2d(x, kernel / sigma, self.bias, self.stride)
+        return conv2d(x, kernel / sigma, self.bias, self.numerics, self.stride)
 
 
 class SNLinear(nnx.Module):
@@ -289,11 +195,12 @@ class SNLinear(nnx.Module):
         self.weight_orig = nnx.Param(_uniform(rngs, (in_features, out_features), in_features))
         self.weight_u = SpectralState(_unit(rngs, out_features))
         self.weight_v = SpectralState(_unit(rngs, in_features))
+        self.numerics = Numerics()
 
     def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
         w = self.weight_orig[...]
         sigma = _spectral_weight(w.T, self.weight_u, self.weight_v, update_stats)
-        return precision.matmul(x, w / sigma)
+        return self.numerics.matmul(x, w / sigma)
 
 
 class BatchNorm(nnx.Module):
@@ -363,7 +270,7 @@ def upsample2x(x: jax.Array) -> jax.Array:
 _PHASE_TAPS = {0: ((0,), (1, 2)), 1: ((0, 1), (2,))}
 
 
-def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array, numerics: Numerics) -> jax.Array:
     """``conv3x3(ReflectionPad2d(1)(Upsample(2)(x)))`` without building the upsampled image.
 
     On a nearest-upsampled image, reflecting one pixel repeats the edge, and each of the four
@@ -380,7 +287,7 @@ def upsample_pad_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
             k = jnp.stack(
                 [jnp.stack([sum(r[dx] for dx in taps) for taps in _PHASE_TAPS[b]]) for r in rows]
             )
-            row.append(conv2d(xp[:, a : a + h + 1, b : b + w + 1], k, None))
+            row.append(conv2d(xp[:, a : a + h + 1, b : b + w + 1], k, None, numerics))
         phases.append(jnp.stack(row, axis=3))
     return jnp.stack(phases, axis=2).reshape(n, 2 * h, 2 * w, kernel.shape[-1])
 

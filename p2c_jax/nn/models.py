@@ -15,6 +15,7 @@ from flax import nnx
 from p2c_jax.nn.discriminator import Discriminator
 from p2c_jax.nn.generator import ResnetGenerator
 from p2c_jax.nn.mobilefacenet import MobileFaceNet
+from p2c_jax.nn.numerics import FLOAT32, Numerics
 
 Kind = Literal["generator", "discriminator", "mobilefacenet"]
 GENERATORS = ("genA2B", "genB2A")
@@ -48,23 +49,33 @@ class NetSpec:
         return self == other
 
 
-def build(spec: NetSpec, rngs: nnx.Rngs | None = None) -> nnx.Module:
-    """A freshly initialised net of ``spec`` (torch's default initialisation)."""
+def build(spec: NetSpec, rngs: nnx.Rngs | None = None, numerics: Numerics = FLOAT32) -> nnx.Module:
+    """A freshly initialised net of ``spec`` (torch's default initialisation) computing in
+    ``numerics`` (every layer's static attribute, so a part of the net's graph definition)."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     if spec.kind == "generator":
-        return ResnetGenerator(spec.ch, spec.img_size, spec.light, rngs=rngs)
-    if spec.kind == "discriminator":
-        return Discriminator(spec.ch, spec.n_layers, rngs=rngs)
-    if spec.kind == "mobilefacenet":
-        return MobileFaceNet(spec.ch, rngs=rngs)
-    raise ValueError(f"unknown net kind {spec.kind!r}")
+        net = ResnetGenerator(spec.ch, spec.img_size, spec.light, rngs=rngs)
+    elif spec.kind == "discriminator":
+        net = Discriminator(spec.ch, spec.n_layers, rngs=rngs)
+    elif spec.kind == "mobilefacenet":
+        net = MobileFaceNet(spec.ch, rngs=rngs)
+    else:
+        raise ValueError(f"unknown net kind {spec.kind!r}")
+    net.set_attributes(numerics=numerics, raise_if_not_found=False)
+    return net
 
 
 @functools.cache
-def abstract(spec: NetSpec) -> nnx.Module:
-    """``build(spec)`` with shapes only, no memory, made once per spec (building takes
-    seconds): the structure for checking and restoring weights. Read it, never mutate it."""
-    return nnx.eval_shape(lambda: build(spec))
+def abstract(spec: NetSpec, numerics: Numerics = FLOAT32) -> nnx.Module:
+    """``build(spec, numerics=numerics)`` with shapes only, no memory, made once per argument
+    (building takes seconds): the structure for checking and restoring weights, and the graph
+    definition of compiled functions. Read it, never mutate it."""
+    return nnx.eval_shape(lambda: build(spec, numerics=numerics))
+
+
+def graphdef(spec: NetSpec, numerics: Numerics = FLOAT32) -> nnx.GraphDef:
+    """The graph definition of nets of ``spec`` in ``numerics``."""
+    return nnx.graphdef(abstract(spec, numerics))
 
 
 def training_specs(ch: int, img_size: int, light: bool) -> dict[str, NetSpec]:

@@ -83,6 +83,11 @@ class Config:
     precision: str = flag(
         "float32", "float32, or bfloat16 products (parameters, statistics and losses float32)"
     )
+    plan: str = flag(
+        "auto",
+        "auto (from the devices), cpu (the XLA:CPU forms: staged step, tuned convolutions) or "
+        "accelerator (one fused program, XLA's convolutions)",
+    )
     progress: bool = flag(True, "show a progress bar")
     hparams: Hparams = dataclasses.field(default_factory=Hparams)
 

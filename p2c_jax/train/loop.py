@@ -1,13 +1,13 @@
 """The training loop: data, the step over every device and host, checkpoints, logs, samples.
 
-A run lives in ``--workdir``: ``checkpoints/<step>/`` (Orbax, the last ``--keep`` kept),
-``tensorboard/`` (event files), ``<dataset>/img/{A2B,B2A}_<step>.png`` (the original's sample
-grids). Each checkpoint holds the items ``nets`` and ``config`` of our checkpoint format (so
-``convert_weights.py --src WORKDIR --dst x.pt`` exports it, and every loader reads it),
-``train_state`` (both Adam states, the step, the RNG key) and ``meta`` (step = data position,
-seed, global batch, hyper-parameters). ``--resume`` restores all of it and continues with the
-same batches and the same learning-rate schedule as an uninterrupted run. SIGTERM / SIGINT
-finish the current step, save, and return.
+A run lives in ``--workdir``: ``checkpoints/<step>/`` (``train.checkpointing``, the last
+``--keep`` kept), ``tensorboard/`` (event files), ``<dataset>/img/{A2B,B2A}_<step>.png`` (the
+original's sample grids). ``--resume`` restores the whole state and continues with the same
+batches and the same learning-rate schedule as an uninterrupted run. SIGTERM / SIGINT finish the
+current step, save, and raise ``Interrupted``.
+
+``setup`` checks the flags and builds everything a run needs (``Run``) before anything is
+written; ``run`` trains it.
 """
 
 from __future__ import annotations
@@ -27,137 +27,47 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.sharding import Mesh
 
-from p2c_jax import backend, paths
+from p2c_jax import paths
 from p2c_jax.data import input_pipeline
 from p2c_jax.inference import forward
-from p2c_jax.nn import precision
-from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
-from p2c_jax.train import evaluation, samples, summary
-from p2c_jax.train import step as ts
-from p2c_jax.train.config import Config, Hparams
 from p2c_jax.nn.face_id import FaceID
+from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
+from p2c_jax.nn.numerics import Numerics
+from p2c_jax.parallel import host_value, make_mesh, put_batch, put_replicated
+from p2c_jax.train import checkpointing, evaluation, samples, summary
+from p2c_jax.train.config import Config
+from p2c_jax.train.errors import TrainError
+from p2c_jax.train.partition import make_step
+from p2c_jax.train.state import TrainModel, fresh_nets
+from p2c_jax.train.step import TrainStep
 from p2c_jax.weights import checkpoint
-from p2c_jax.weights.checkpoint import CheckpointError, nets_to_tree, tree_to_nets
+from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
 N_SAMPLES = 5  # train and test images per sample grid, as in the original
-TRAIN_STATE = ("step", "opt_g", "opt_d")  # the checkpoint item train_state; nets go to nets
 
 
-class TrainError(RuntimeError):
-    """A run that cannot start; the message names the flag to change."""
+class Interrupted(Exception):  # noqa: N818 - what happened, not an error of the run
+    """A run stopped by ``signum`` (SIGINT, SIGTERM, a preemption) after saving ``step``."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} after step {step}")
+        self.signum, self.step = signum, step
 
 
-# --- train state <-> checkpoint items -----------------------------------------------------------
+class Stop:
+    """When to stop early and save.
 
-
-def _flat(tree) -> tuple[dict[str, jax.Array], list[str]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return (
-        {f"{i:05d}": x for i, (_, x) in enumerate(leaves)},
-        [jax.tree_util.keystr(kp) for kp, _ in leaves],
-    )
-
-
-def _host(x):
-    """A replicated global array as a host numpy array (any process; no collective)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def checkpoint_items(model: ts.TrainModel, state: dict, meta: dict) -> ocp.args.Composite:
-    """The Orbax items of one training checkpoint, the state's device arrays as they are (Orbax
-    copies them to the host and writes in the background)."""
-    weights = {n: (model.specs[n], model.net_state(state, n)) for n in TRAINING_NETS}
-    nets, config = nets_to_tree(weights)
-    rest, names = _flat({k: state[k] for k in TRAIN_STATE})
-    return ocp.args.Composite(
-        nets=ocp.args.StandardSave(nets),
-        config=ocp.args.JsonSave(config),
-        train_state=ocp.args.StandardSave(rest),
-        meta=ocp.args.JsonSave({**meta, "train_state_paths": names}),
-    )
-
-
-def restore_state(
-    manager: ocp.CheckpointManager, step: int, model: ts.TrainModel, hp: Hparams
-) -> tuple[dict, dict]:
-    """(host train state, meta) of checkpoint ``step``, checked against ``model``'s nets."""
-    where = str(manager.directory / str(step))
-    items = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            nets=ocp.args.StandardRestore(),
-            config=ocp.args.JsonRestore(),
-            train_state=ocp.args.StandardRestore(),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    specs = {n: NetSpec.from_json(j) for n, j in items.config.items()}
-    if specs != {n: model.specs[n] for n in TRAINING_NETS}:
-        raise TrainError(
-            f"{where}: its nets {specs} differ from this run's; resume with the "
-            "flags of the run that wrote it (--ch --img_size --light)"
-        )
-    weights = tree_to_nets(items.nets, items.config, where)
-    template = model.init_state({n: st for n, (_, st) in weights.items()}, hp)
-    rest_template = {k: template[k] for k in TRAIN_STATE}
-    leaves, treedef = jax.tree_util.tree_flatten(rest_template)
-    names = [
-        jax.tree_util.keystr(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(rest_template)[0]
-    ]
-    if names != items.meta.get("train_state_paths"):
-        raise TrainError(f"{where}: its optimizer state does not fit this version's")
-    rest = treedef.unflatten(
-        [
-            np.asarray(items.train_state[f"{i:05d}"], np.asarray(x).dtype)
-            for i, x in enumerate(leaves)
-        ]
-    )
-    return {**template, **rest}, items.meta
-
-
-# --- the run ------------------------------------------------------------------------------------
-
-_STEP_CACHE: dict = {}
-
-
-def compiled_step(
-    model: ts.TrainModel, hp: Hparams, mesh, remat: bool, precision_name: str
-) -> Callable:
-    """``ts.make_step``, cached per (nets, face net, hparams, devices, remat, plan, precision)
-    within a process, so that runs in one process share compiled programs. The key holds the
-    face net itself (not its id, which a later object may reuse once this one is collected)."""
-    plan = backend.plan()
-    key = (
-        tuple(sorted(model.specs.items())),
-        model.face,
-        hp,
-        tuple(d.id for d in mesh.devices.flat),
-        remat,
-        plan,
-        precision_name,
-    )
-    if key not in _STEP_CACHE:
-        _STEP_CACHE[key] = ts.make_step(
-            model, hp, mesh, remat=remat, plan=plan, precision_name=precision_name
-        )
-    return _STEP_CACHE[key]
-
-
-class _Stop:
-    """When to stop early and save: a preemption.
-
-    One process: SIGTERM / SIGINT set a flag. Several: JAX's preemption notice, which Orbax's
-    ``reached_preemption`` turns into the same step on every host without a collective per
-    step (our own handler would replace the one JAX installs).
+    One process: SIGTERM / SIGINT set ``signum``. Several: JAX's preemption notice, which
+    Orbax's ``reached_preemption`` turns into the same step on every host without a collective
+    per step (our own handler would replace the one JAX installs).
     """
 
     def __init__(self, manager: ocp.CheckpointManager):
         self.manager = manager
-        self.signal: int | None = None
+        self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -168,12 +78,12 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame):
-        self.signal = signum
+        self.signum = signum
 
     def requested(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            return self.manager.reached_preemption(step)
-        return self.signal is not None
+        if jax.process_count() > 1 and self.manager.reached_preemption(step):
+            self.signum = signal.SIGTERM
+        return self.signum is not None
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -213,9 +123,10 @@ def _load_face(cfg: Config) -> FaceID | None:
         raise TrainError(f"--faceid_weights: {e}") from None
 
 
-def _initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.State]:
+def initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.State]:
+    """Fresh nets, or those of ``--pretrained_weights`` checked against ``specs``."""
     if not cfg.pretrained_weights:
-        return ts.fresh_nets(specs, cfg.seed)
+        return fresh_nets(specs, cfg.seed)
     try:
         weights = load_any(cfg.pretrained_weights, list(TRAINING_NETS))
     except CheckpointError as e:
@@ -234,7 +145,7 @@ def _initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.
 class _Sampler:
     """The original's print_freq sample grids: 5 train and 5 test images, A2B and B2A."""
 
-    def __init__(self, model: ts.TrainModel, cfg: Config, dataset_dir: Path, workdir: epath.Path):
+    def __init__(self, model: TrainModel, cfg: Config, dataset_dir: Path, workdir: epath.Path):
         self.cfg, self.dataset_dir, self.workdir = cfg, dataset_dir, workdir
         self.test = {
             d: input_pipeline.held_out_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
@@ -274,7 +185,7 @@ class _Sampler:
         ):
             train = {"A": next(it_a), "B": next(it_b)}
         dev = jax.local_devices()[0]
-        gen = jax.device_put(jax.tree.map(_host, gen), dev)
+        gen = jax.device_put(jax.tree.map(host_value, gen), dev)
         real = {d: np.concatenate([train[d], self.test[d]]) for d in "AB"}
         out = {
             "A2B": self._translate(gen, real["A"], "genA2B", "genB2A"),
@@ -294,90 +205,168 @@ class _Sampler:
             writer.image(step, direction, grid)
 
 
-def train(cfg: Config, *, mesh=None, log: Callable[[str], None] | None = None) -> int:
-    """Run (or resume) training on ``mesh`` (default: every device of every process); returns
-    the last completed step."""
-    is_main = jax.process_index() == 0
-    log = log or (lambda msg: print(msg, flush=True) if is_main else None)
+@dataclasses.dataclass
+class Run:
+    """Everything a run needs, built by ``setup``."""
+
+    cfg: Config
+    mesh: Mesh
+    model: TrainModel
+    step_fn: Callable
+    state: dict
+    face_state: dict | None
+    start: int
+    workdir: epath.Path
+    dataset_dir: Path | epath.Path
+    manager: ocp.CheckpointManager
+    evaluator: evaluation.TrainingEvaluator | None
+    log: Callable[[str], None]
+
+
+def _checked(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
+    """The six nets' specs, once the flags that need no file are checked."""
     try:
-        precision.check(cfg.precision)
+        Numerics(cfg.precision)
     except ValueError as e:
         raise TrainError(f"--precision: {e}") from None
-    specs = training_specs(cfg.ch, cfg.img_size, cfg.light)
-    mesh = mesh or ts.make_mesh()
-    if cfg.batch_size % mesh.size:
+    if cfg.batch_size < 1 or cfg.batch_size % mesh.size:
         raise TrainError(
-            f"--batch_size {cfg.batch_size} is the global batch: it must be a "
+            f"--batch_size {cfg.batch_size} is the global batch: it must be a positive "
             f"multiple of the {mesh.size} devices"
         )
+    specs = training_specs(cfg.ch, cfg.img_size, cfg.light)
     _check_img_size(specs, cfg.img_size)
-    hp = cfg.hparams
+    return specs
+
+
+def _manager(cfg: Config, workdir: epath.Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        workdir / checkpoint.CHECKPOINTS,
+        options=evaluation.manager_options(cfg),  # latest --keep, + the best with --eval_freq
+        item_names=checkpointing.ITEMS,
+    )
+
+
+def _initial_state(cfg: Config, model: TrainModel, manager, mesh: Mesh, log) -> dict:
+    """The state to start from, replicated on ``mesh``: the latest checkpoint's with
+    ``--resume``, else fresh or ``--pretrained_weights`` nets."""
+    where = manager.directory
+    latest = manager.latest_step()
+    if latest is None:
+        if cfg.resume:
+            log(f"--resume: no checkpoint under {where} yet: starting from step 0")
+        nets = initial_nets(cfg, model.specs, log)
+        return put_replicated(model.init_state(nets, cfg.hparams), mesh)
+    if not cfg.resume:
+        raise TrainError(
+            f"--workdir {where.parent} already holds checkpoints up to step {latest}: "
+            "pass --resume true to continue that run, or choose another --workdir"
+        )
+    state, meta = checkpointing.restore(manager, latest, model, cfg.hparams, mesh)
+    if meta.get("batch_size") != cfg.batch_size or meta.get("seed") != cfg.seed:
+        log(
+            f"warning: resuming a run of --batch_size {meta.get('batch_size')} --seed "
+            f"{meta.get('seed')} with --batch_size {cfg.batch_size} --seed {cfg.seed}"
+        )
+    log(f"resumed from {where / str(latest)} at step {latest}")
+    return state
+
+
+def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None) -> Run:
+    """Check ``cfg`` and build its run on ``mesh`` (default: every device of every process):
+    nets, state, the compiled step and the checkpoint manager. Nothing is written before the
+    flags that need no file are checked."""
+    is_main = jax.process_index() == 0
+    log = log or (lambda msg: print(msg, flush=True) if is_main else None)
+    mesh = mesh or make_mesh()
+    specs = _checked(cfg, mesh)
     face = _load_face(cfg)
     try:
         dataset_dir = input_pipeline.resolve_dataset(cfg.dataset)
+        workdir = paths.as_path(cfg.run_dir())
     except input_pipeline.DatasetError as e:
         raise TrainError(str(e)) from None
-    model = ts.TrainModel(specs, face)
-    try:
-        workdir = paths.as_path(cfg.run_dir())
     except ValueError as e:
         raise TrainError(f"--workdir {e}") from None
+    devices = list(mesh.devices.flat)
+    model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
     built = " (the offline demo, built on first use)" if cfg.dataset == "demo" else ""
-    local = isinstance(dataset_dir, Path)
-    log(f"dataset: {dataset_dir.absolute() if local else dataset_dir}{built}")
-    where = workdir if paths.is_remote(workdir) else Path(workdir).absolute()
-    log(f"workdir: {where} (checkpoints, TensorBoard logs, sample grids)")
-    manager = ocp.CheckpointManager(
-        workdir / checkpoint.CHECKPOINTS,
-        options=evaluation.manager_options(cfg),  # latest --keep, + the best with --eval_freq
-        item_names=("nets", "config", "train_state", "meta"),
+    log(f"dataset: {_shown(dataset_dir)}{built}")
+    log(f"workdir: {_shown(workdir)} (checkpoints, TensorBoard logs, sample grids)")
+    manager = _manager(cfg, workdir)
+    state = _initial_state(cfg, model, manager, mesh, log)
+    step = TrainStep(model, cfg.hparams, remat=cfg.remat)
+    return Run(
+        cfg=cfg,
+        mesh=mesh,
+        model=model,
+        step_fn=make_step(step, mesh, cfg.plan),
+        state=state,
+        face_state=put_replicated(face.state, mesh) if face is not None else None,
+        start=int(host_value(state["step"])),
+        workdir=workdir,
+        dataset_dir=dataset_dir,
+        manager=manager,
+        evaluator=evaluation.TrainingEvaluator.create(
+            cfg, specs["genA2B"], dataset_dir, workdir, face, log
+        ),
+        log=log,
     )
-    latest = manager.latest_step()
-    if latest is not None and cfg.resume:
-        host_state, meta = restore_state(manager, latest, model, hp)
-        if meta.get("batch_size") != cfg.batch_size or meta.get("seed") != cfg.seed:
-            log(
-                f"warning: resuming a run of --batch_size {meta.get('batch_size')} --seed "
-                f"{meta.get('seed')} with --batch_size {cfg.batch_size} --seed {cfg.seed}"
-            )
-        log(f"resumed from {workdir / checkpoint.CHECKPOINTS / str(latest)} at step {latest}")
-    elif latest is not None:
-        raise TrainError(
-            f"--workdir {workdir} already holds checkpoints up to step {latest}: "
-            "pass --resume true to continue that run, or choose another --workdir"
-        )
-    else:
-        host_state = model.init_state(_initial_nets(cfg, specs, log), hp)
-    start = int(host_state["step"])
 
-    state = ts.put_replicated(host_state, mesh)
-    face_state = ts.put_replicated(face.state, mesh) if face is not None else None
-    step_fn = compiled_step(model, hp, mesh, cfg.remat, cfg.precision)
-    meta = {
-        "seed": cfg.seed,
-        "batch_size": cfg.batch_size,
-        "dataset": str(cfg.dataset),
-        "hparams": dataclasses.asdict(hp),
-        "augment": cfg.augment,
-    }
 
-    def save(step: int, scores: dict | None = None) -> None:
-        if manager.latest_step() == step:
+def _shown(path) -> str:
+    return str(path if paths.is_remote(path) else Path(path).absolute())
+
+
+def train(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None) -> int:
+    """Run (or resume) training; returns the last completed step (``Interrupted`` after a
+    signal, once that step is saved)."""
+    return run(setup(cfg, mesh=mesh, log=log))
+
+
+class _Saver:
+    """Checkpoints of ``r``'s state at a step, each step once."""
+
+    def __init__(self, r: Run):
+        self.r = r
+        cfg = r.cfg
+        self.meta = {
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "dataset": str(cfg.dataset),
+            "hparams": dataclasses.asdict(cfg.hparams),
+            "augment": cfg.augment,
+        }
+
+    def __call__(self, step: int, scores: dict | None = None) -> None:
+        r = self.r
+        if r.manager.latest_step() == step:
             return
-        manager.save(
-            step,
-            args=checkpoint_items(model, state, {**meta, "step": step, "data_position": step}),
-            metrics=scores,
-        )
+        meta = {**self.meta, "step": step, "data_position": step}
+        r.manager.save(step, args=checkpointing.save_args(r.model, r.state, meta), metrics=scores)
 
-    evaluator = evaluation.TrainingEvaluator.create(
-        cfg, specs["genA2B"], dataset_dir, workdir, face, log
+
+def _progress_bar(r: Run):
+    if jax.process_index() or not r.cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=r.cfg.hparams.iteration,
+        initial=r.start,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        file=sys.stderr,
     )
 
+
+def _batches(r: Run) -> dict:
+    cfg = r.cfg
     pi, pc = jax.process_index(), jax.process_count()
-    batches = {
+    return {
         d: input_pipeline.train_batches(
-            dataset_dir,
+            r.dataset_dir,
             d,
             cfg.batch_size,
             cfg.img_size,
@@ -385,78 +374,89 @@ def train(cfg: Config, *, mesh=None, log: Callable[[str], None] | None = None) -
             cfg.seed,
             pi,
             pc,
-            start_step=start,
+            start_step=r.start,
         )
         for d in "AB"
     }
-    writer = summary.SummaryWriter(workdir / "tensorboard", enabled=is_main)
-    sampler = _Sampler(model, cfg, dataset_dir, workdir) if cfg.print_freq > 0 and is_main else None
-    end = cfg.hparams.iteration
-    bar = None
-    if is_main and cfg.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(
-            total=cfg.hparams.iteration,
-            initial=start,
-            unit="step",
-            dynamic_ncols=True,
-            mininterval=1.0,
-            file=sys.stderr,
+
+def _report(r: Run, step: int, metrics: dict, writer, bar, t0: float) -> None:
+    """The losses of ``step`` to TensorBoard and the progress bar (or a line)."""
+    values = {k: float(host_value(v)) for k, v in metrics.items()}
+    writer.scalars(step, values)
+    if bar is not None:
+        bar.set_postfix(
+            d_loss=f"{values['d_loss']:.4f}", g_loss=f"{values['g_loss']:.4f}", refresh=False
         )
-    step = start
+    else:
+        r.log(
+            f"[{step:5d}/{r.cfg.hparams.iteration:5d}] time: {time.time() - t0:4.4f} "
+            f"d_loss: {values['d_loss']:.8f}, g_loss: {values['g_loss']:.8f}"
+        )
+
+
+def run(r: Run) -> int:
+    """Train ``r`` from its start to ``--iteration``; returns the last completed step."""
+    cfg, is_main, end = r.cfg, jax.process_index() == 0, r.cfg.hparams.iteration
+    writer = summary.SummaryWriter(r.workdir / "tensorboard", enabled=is_main)
+    sampler = (
+        _Sampler(r.model, cfg, r.dataset_dir, r.workdir) if cfg.print_freq > 0 and is_main else None
+    )
+    save, batches, step = _Saver(r), _batches(r), r.start
+    r.log(
+        f"training start: steps {r.start + 1}..{end} on {r.mesh.size} device(s), global batch "
+        f"{cfg.batch_size} (the first step compiles)"
+    )
+    bar = _progress_bar(r)
     try:
-        with _Stop(manager) as stop:
-            log(
-                f"training start: steps {start + 1}..{end} of {cfg.hparams.iteration} on {mesh.size} "
-                f"device(s), global batch {cfg.batch_size} (the first step compiles)"
-            )
-            if evaluator is not None and start == 0:
-                evaluator(0, state["gen"]["genA2B"], writer)
+        with Stop(r.manager) as stop:
+            if r.evaluator is not None and r.start == 0:
+                r.evaluator(0, r.state["gen"]["genA2B"], writer)
             t0 = time.time()
-            for step in range(start + 1, end + 1):
-                real_A = ts.put_batch(next(batches["A"]), mesh)
-                real_B = ts.put_batch(next(batches["B"]), mesh)
-                state, metrics = step_fn(state, face_state, real_A, real_B)
+            for step in range(r.start + 1, end + 1):
+                real_A, real_B = (put_batch(next(batches[d]), r.mesh) for d in "AB")
+                r.state, metrics = r.step_fn(r.state, r.face_state, real_A, real_B)
                 if step % cfg.log_every == 0 or step == end:
-                    values = {k: float(_host(v)) for k, v in metrics.items()}
-                    writer.scalars(step, values)
-                    if bar is not None:
-                        bar.set_postfix(
-                            d_loss=f"{values['d_loss']:.4f}",
-                            g_loss=f"{values['g_loss']:.4f}",
-                            refresh=False,
-                        )
-                    elif is_main:
-                        log(
-                            f"[{step:5d}/{cfg.hparams.iteration:5d}] time: {time.time() - t0:4.4f} "
-                            f"d_loss: {values['d_loss']:.8f}, g_loss: {values['g_loss']:.8f}"
-                        )
+                    _report(r, step, metrics, writer, bar if is_main else None, t0)
                 if bar is not None:
                     bar.update(1)
                 if sampler is not None and step % cfg.print_freq == 0:
-                    sampler(step, state["gen"], writer)
+                    sampler(step, r.state["gen"], writer)
                 scores = None
-                if evaluator is not None and evaluator.due(step):
-                    scores = evaluator(step, state["gen"]["genA2B"], writer)
+                if r.evaluator is not None and r.evaluator.due(step):
+                    scores = r.evaluator(step, r.state["gen"]["genA2B"], writer)
                 if scores is not None or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
                     save(step, scores)
                 if stop.requested(step):
-                    log(f"\npreempted: saving step {step} and stopping")
                     break
-            if sampler is not None and step > start and step % cfg.print_freq:
-                sampler(step, state["gen"], writer)  # a run ends with its sample grids
-            save(step)
+            if sampler is not None and step > r.start and step % cfg.print_freq:
+                sampler(step, r.state["gen"], writer)  # a run ends with its sample grids
+            _final_save(r, save, step, stop.signum, bar)
     finally:
-        if bar is not None:
-            bar.close()
-        for it in batches.values():
-            it.close()
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-    log(f"checkpoint {workdir / checkpoint.CHECKPOINTS / str(step)}")
+        _close(r, batches, bar, writer)
+    r.log(f"checkpoint {r.workdir / checkpoint.CHECKPOINTS / str(step)}")
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, step)
     return step
+
+
+def _final_save(r: Run, save: _Saver, step: int, signum: int | None, bar) -> None:
+    if bar is not None:
+        bar.close()
+    if signum is not None:
+        why = "interrupted" if signum == signal.SIGINT else "preempted"
+        r.log(f"{why}: saving step {step}, then stopping (the save takes a while)")
+    save(step)
+
+
+def _close(r: Run, batches: dict, bar, writer) -> None:
+    if bar is not None:
+        bar.close()
+    for it in batches.values():
+        it.close()
+    r.manager.wait_until_finished()
+    r.manager.close()
+    writer.close()
 
 
 def maybe_initialize_distributed(
