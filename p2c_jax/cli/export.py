@@ -98,14 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"loading {args.net} from {args.weights}", file=sys.stderr)
     try:  # loaded once before export loads it: a damaged file fails in many ways, not export's
         load_any(args.weights, [args.net])
     except Exception as e:  # noqa: BLE001
         print(unusable_weights(args.weights, e), file=sys.stderr)
         return 2
     then = "" if args.no_check else ", then checking it against our JAX generator"
-    print(f"writing the {args.fmt} file{then}", file=sys.stderr)
+    print(f"writing the {args.fmt} file{then}", flush=True)
     try:
         report = export(args.weights, args.net, req, check=not args.no_check)
     except CheckpointError as e:
