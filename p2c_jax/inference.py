@@ -99,7 +99,7 @@ def output_spec(spec: NetSpec, img_size: int | None = None, where: str = "") -> 
     size = img_size or FACE_SIZE
     if img_size is None and spec.img_size != size:
         logging.getLogger(__name__).warning(
-            f"warning: {where}the generator was trained at {spec.img_size} x {spec.img_size} "
+            f"{where}the generator was trained at {spec.img_size} x {spec.img_size} "
             f"and runs at {size} x {size}, the original's size (--img_size {spec.img_size} "
             "runs it at its own)"
         )

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import discover, is_url
+from .extras import MissingExtraError
+from .files import discover, is_url, report_missing
 from .flags import Parser, add_backend_flags, preprocessor_from_flags
 from .pipeline import as_is, run
 from .report import Summary
@@ -60,26 +61,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--save_path {args.save_path}: a local folder is needed (write locally, then copy "
             "it, e.g. gcloud storage cp -r)"
         )
-    pre = preprocessor_from_flags(args, all_faces=args.all_faces)
+    # the inputs, then the extras, before anything is written
+    root = Path(args.data_path[0])
+    if args.tfrecords:
+        splits = [s for s in SPLITS if (root / s).is_dir()]
+        if not splits:
+            print(
+                f"error: --data_path {root}: no trainA/trainB/testA/testB folders", file=sys.stderr
+            )
+            return 2
+    else:
+        items = discover(args.data_path)
+        if report_missing(items, args.data_path):
+            return 2
+    try:
+        pre = preprocessor_from_flags(args, all_faces=args.all_faces)
+    except MissingExtraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.tfrecords:
+        try:
+            from .tfrecords import write_dataset
+        except ModuleNotFoundError as e:
+            print(f"error: --tfrecords: {e}", file=sys.stderr)
+            return 2
     save_path = Path(args.save_path)
     common = dict(save_meta=args.save_meta, progress=not args.no_progress)
 
     if not args.tfrecords:
-        summary = run(discover(args.data_path), save_path, pre, **common)
+        summary = run(items, save_path, pre, **common)
         print(summary.line(), file=sys.stderr)
         return summary.exit_code
 
-    try:  # before any photo is processed: TensorFlow is an extra
-        from .tfrecords import write_dataset
-    except ModuleNotFoundError as e:
-        print(f"error: --tfrecords: {e}", file=sys.stderr)
-        return 2
-    root = Path(args.data_path[0])
     total = Summary()
-    splits = [s for s in SPLITS if (root / s).is_dir()]
-    if not splits:
-        print(f"no trainA/trainB/testA/testB folders in {root}", file=sys.stderr)
-        return 2
     for split in splits:
         process = pre if split in PHOTO_SPLITS or args.cartoons == "process" else as_is
         s = run(discover([str(root / split)]), save_path / split, process, **common)

@@ -3,14 +3,16 @@ one ``ModuleNotFoundError`` that names it and the extra that brings it, not a ba
 ``No module named 'python_multipart'``.
 
 ``with needs("serve"): from starlette... import ...`` around an optional import, or
-``require("eval", "dlib")`` for a module object. The torch side keeps its own message
-(``p2c_jax.pytorch``). Imports nothing optional itself.
+``require("eval", "dlib")`` for a module object; ``tensorflow(what)`` for TensorFlow, which
+every module that reads or writes with it imports through it. The torch side keeps its own
+message (``p2c_jax.pytorch``). Imports nothing optional itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -69,3 +71,21 @@ def require(extra: str, module: str, what: str | None = None) -> ModuleType:
     """``importlib.import_module(module)``, or ``missing(extra, ...)`` when it is absent."""
     with needs(extra, what):
         return importlib.import_module(module)
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up lines (absl's "All log messages before absl::InitializeLog()",
+    oneDNN's and the CPU-feature notices) off, unless the environment says otherwise: read
+    once, when TensorFlow is first imported. oneDNN's kernels are off with them (TensorFlow
+    here reads, decodes and writes files; the pb segmenter runs on Eigen's kernels)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def tensorflow(what: str) -> ModuleType:
+    """``tensorflow``, quiet (``quiet_tensorflow``), or ``missing("preprocess", ...)``."""
+    quiet_tensorflow()
+    with needs("preprocess", what):
+        import tensorflow
+
+    return tensorflow

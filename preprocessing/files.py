@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 
@@ -71,3 +72,14 @@ def discover(inputs: Iterable[str]) -> list[tuple[Path, str]]:
             if not matches:
                 found.setdefault(p.name or spec, p)
     return [(path, rel) for rel, path in sorted(found.items())]
+
+
+def report_missing(items: Sequence[tuple[Path, str]], inputs: Sequence[str]) -> bool:
+    """An error line on stderr per input of ``discover(inputs)`` that does not exist (the other
+    inputs still run); True when nothing is left to run (then none exists, or none was found)."""
+    missing = [str(p) for p, _ in items if not p.exists()]
+    for path in missing:
+        print(f"error: input {path}: no such file, folder or glob match", file=sys.stderr)
+    if not items:
+        print(f"error: no input files in {' '.join(inputs)}", file=sys.stderr)
+    return len(missing) == len(items)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 from .landmarks import BACKENDS as LANDMARK_BACKENDS
 from .landmarks import make_landmarker
@@ -35,21 +36,41 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """The parser of every ``p2c-*`` command: ``--help`` shows each flag's default,
-    and a misspelled flag is answered ``unrecognized arguments: --lrr (did you mean --lr?)``
-    (Python 3.11's argparse has no ``suggest_on_error``). Errors exit 2, as argparse's."""
+    """The parser of every ``p2c-*`` command: ``--help`` shows each flag's default, an error is
+    one line (``p2c-infer: error: ...``, exit 2, as argparse's), and a misspelled flag is
+    answered ``unrecognized arguments: --lrr (did you mean --lr?)``, also when it is a required
+    flag that is missing (Python 3.11's argparse has no ``suggest_on_error``)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
-        namespace, extras = self.parse_known_args(args, namespace)
+        self._argv = list(sys.argv[1:] if args is None else args)
+        namespace, extras = self.parse_known_args(self._argv, namespace)
         if extras:
             self.error("unrecognized arguments: " + " ".join(map(self._suggest, extras)))
         return namespace
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """``prog: error: message`` alone (no usage: ``--help`` has it), exit 2. A missing
+        required flag is followed by the unknown flags given, with their suggestions."""
+        unknown = [a for a in self._argv if self._is_unknown_flag(a)]
+        if message.startswith("the following arguments are required") and unknown:
+            message += "; unrecognized arguments: " + " ".join(map(self._suggest, unknown))
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _is_unknown_flag(self, arg: str) -> bool:
+        """A ``--name`` (or ``--name=value``) that is no flag nor the prefix of one."""
+        name = arg.split("=", 1)[0]
+        return (
+            name.startswith(tuple(self.prefix_chars))
+            and not self._negative_number_matcher.match(name)
+            and not any(o.startswith(name) for o in self._option_string_actions)
+        )
 
     def _suggest(self, arg: str) -> str:
         """``arg``, followed by ``(did you mean --flag?)`` when it is an unknown flag close to one
@@ -59,6 +80,50 @@ class Parser(argparse.ArgumentParser):
         names = {o.lstrip(self.prefix_chars): o for o in reversed(self._option_string_actions)}
         close = difflib.get_close_matches(arg.split("=", 1)[0].lstrip(self.prefix_chars), names, 1)
         return f"{arg} (did you mean {names[close[0]]}?)" if close else arg
+
+
+def number(
+    kind: type[int] | type[float],
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    maximum: float | None = None,
+    check: Callable[[int], int] | None = None,
+) -> Callable[[str], int | float]:
+    """An argparse ``type``: the flag's value as ``kind`` within the given bounds (``minimum`` /
+    ``maximum`` inclusive, ``above`` / ``below`` exclusive), and passing ``check`` (which raises
+    ValueError), else one error naming the flag: ``expected an integer >= 1, got 0``."""
+    bounds = [
+        (b, op, test)
+        for b, op, test in (
+            (minimum, ">=", lambda x, b: x >= b),
+            (above, ">", lambda x, b: x > b),
+            (below, "<", lambda x, b: x < b),
+            (maximum, "<=", lambda x, b: x <= b),
+        )
+        if b is not None
+    ]
+    what = ("an integer" if kind is int else "a number") + "".join(
+        f"{' and' if i else ''} {op} {b:g}" for i, (b, op, _) in enumerate(bounds)
+    )
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not all(test(value, b) for b, _, test in bounds):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        if check is not None:
+            try:
+                check(value)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some of its messages
+    return parse
 
 
 def add_backend_flags(p: argparse.ArgumentParser) -> None:

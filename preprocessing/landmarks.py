@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from .extras import needs
+
 N_POINTS = 68
 
 
@@ -31,7 +33,7 @@ def _package_file(package: str, relative: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"package {package!r} is not installed")
+        raise ModuleNotFoundError(f"package {package!r} is not installed", name=package)
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
         raise FileNotFoundError(path)
@@ -53,12 +55,13 @@ class DlibLandmarker:
     box_height_scale = 0.9
 
     def __init__(self, predictor_path: str | Path | None = None, detect_side: int = 800):
-        import dlib
+        with needs("preprocess", "--landmarks dlib"):
+            import dlib
 
-        if predictor_path is None:
-            predictor_path = _package_file(
-                "face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"
-            )
+            if predictor_path is None:
+                predictor_path = _package_file(
+                    "face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"
+                )
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(predictor_path))

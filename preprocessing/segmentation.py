@@ -15,6 +15,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .extras import tensorflow
+
 SEG_SIZE = 384
 
 
@@ -39,8 +41,7 @@ class FrozenGraphSegmenter:
         input_name: str = "input_1:0",
         output_name: str = "sigmoid/Sigmoid:0",
     ):
-        import tensorflow as tf
-
+        tf = tensorflow("--segmentation pb")
         graph_def = tf.compat.v1.GraphDef.FromString(Path(model_path).read_bytes())
         self._graph = tf.Graph()
         with self._graph.as_default():

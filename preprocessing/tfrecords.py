@@ -11,11 +11,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .extras import needs
+from .extras import needs, tensorflow
 from .splits import SPLITS
 
+tf = tensorflow("TFRecords (preprocessing.tfrecords)")
 with needs("preprocess", "TFRecords (preprocessing.tfrecords)"):
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
 
@@ -41,6 +41,10 @@ class P2cFaces(tfds.core.GeneratorBasedBuilder):
             ),
             description="photo2cartoon faces, aligned like the original (PNG)",
         )
+
+    def _log_download_bytes(self) -> None:
+        """Nothing is downloaded: tfds's "Downloading and preparing dataset Unknown size" line
+        would say otherwise."""
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(self._source_dir / split) for split in self._splits}

@@ -1,11 +1,18 @@
-"""What the commands share: boolean flags as the original spells them, the compile cache."""
+"""What the commands share: boolean flags as the original spells them, the compile cache,
+the logging of warnings."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
+import sys
 
 import jax
+
+from p2c_jax.train.config import checked_img_size
+from preprocessing.flags import number
 
 
 def str2bool(v: str) -> bool:
@@ -35,8 +42,47 @@ def add_compile_cache_flag(p: argparse.ArgumentParser) -> None:
 
 
 def use_compile_cache(folder: str) -> None:
+    """Keep compiled programs in ``folder`` (``none``: nowhere); the first program read back
+    from it says so, once."""
     if folder != "none":
         jax.config.update("jax_compilation_cache_dir", folder)
+        _say_first_cache_hit(folder)
+
+
+@functools.cache  # one listener per folder and process
+def _say_first_cache_hit(folder: str) -> None:
+    said = []
+
+    def on_hit(event: str, seconds: float, **_) -> None:
+        if event == "/jax/compilation_cache/compile_time_saved_sec" and not said:
+            said.append(seconds)
+            print(f"compile cache: reusing programs compiled earlier ({folder})", file=sys.stderr)
+
+    jax.monitoring.register_event_duration_secs_listener(on_hit)
+
+
+class _LevelFormatter(logging.Formatter):
+    """``warning: message``: the level in lower case, as the commands' own messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging() -> None:
+    """Warnings (and errors) of every logger as one ``warning: ...`` line on stderr. Called
+    first in ``main``: the first absl message (Orbax's import) would configure it otherwise."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])  # no-op if configured
+
+
+def unusable_weights(weights: str, e: Exception) -> str:
+    """The one line for weights that did not load: a ``CheckpointError`` says what is wrong;
+    any other error (a damaged file) is named with the path and its type."""
+    from p2c_jax.weights.checkpoint import CheckpointError
+
+    detail = e if isinstance(e, CheckpointError) else f"{weights}: {type(e).__name__}: {e}"
+    return f"error: unusable weights: {detail}"
 
 
 def add_precision_flag(p: argparse.ArgumentParser) -> None:
@@ -50,20 +96,15 @@ def add_precision_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: ``--img_size``'s type: ``inference.check_img_size``, as ``p2c-train``'s
+img_size = number(int, check=checked_img_size)
+
+
 def add_img_size_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--img_size",
-        type=_img_size,
+        type=img_size,
         default=None,
         help="face size the generator runs at (default: 256, the original's, whatever the "
         "weights file; a full generator runs only at its own size); see README 'Output size'",
     )
-
-
-def _img_size(v: str) -> int:
-    from p2c_jax.inference import check_img_size
-
-    try:
-        return check_img_size(int(v))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None

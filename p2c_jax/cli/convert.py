@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from p2c_jax.cli.common import setup_logging
+
 
 def build_parser() -> argparse.ArgumentParser:
     from preprocessing.flags import Parser
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     from p2c_jax import paths
     from p2c_jax.eval import inception  # evaluation's FID Inception: a TorchScript default_1.pt

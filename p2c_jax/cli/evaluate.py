@@ -16,13 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+from p2c_jax import paths
+from p2c_jax.cli.common import add_compile_cache_flag, setup_logging, use_compile_cache
 
 NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import Parser
+    from preprocessing.flags import Parser, number
 
     p = Parser(prog="p2c-evaluate", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -55,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_identity", action="store_true", help="skip the identity similarity")
     p.add_argument(
         "--output",
-        default="metrics.json",
-        help="JSON results, local or gs:// (default: %(default)s)",
+        default=None,
+        help="JSON results, local or gs:// (default: metrics.json in --weights when it is a "
+        "workdir or checkpoint directory, else WEIGHTS_FILE.metrics.json beside it)",
     )
     p.add_argument(
         "--cache_dir",
@@ -66,13 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch_size",
-        type=int,
+        type=number(int, minimum=1),
         default=None,
         help="images per batch over all devices (default: 1 per CPU device, 32 per accelerator)",
     )
-    p.add_argument("--kid_subsets", type=int, default=100, help="KID subsets (default: 100)")
     p.add_argument(
-        "--kid_subset_size", type=int, default=1000, help="KID subset size (default: 1000)"
+        "--kid_subsets", type=number(int, minimum=1), default=100, help="KID subsets (default: 100)"
+    )
+    p.add_argument(
+        "--kid_subset_size",
+        type=number(int, minimum=2),
+        default=1000,
+        help="KID subset size (default: 1000)",
     )
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_compile_cache_flag(p)
@@ -102,12 +109,20 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def default_output(weights: str) -> str:
+    """``metrics.json`` in the evaluated workdir or checkpoint directory; ``NAME.metrics.json``
+    beside a weights file."""
+    if not paths.is_remote(weights) and Path(weights).is_file():
+        return str(Path(weights).with_suffix(".metrics.json"))
+    return weights.rstrip("/") + "/metrics.json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     use_compile_cache(args.compile_cache)
     from tqdm import tqdm
 
-    from p2c_jax import paths
     from p2c_jax.eval import features, inception, metrics
     from p2c_jax.eval.evaluator import Evaluator
     from p2c_jax.eval.identity import default_embedder
@@ -119,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     try:
-        out = paths.as_path(args.output)
+        out = paths.as_path(args.output or default_output(args.weights))
     except ValueError as e:
         return fail(f"--output {e}")
     try:

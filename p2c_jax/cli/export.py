@@ -11,23 +11,25 @@ written); 2 bad input (net, weights, format / precision / batch combination, des
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from p2c_jax.cli.common import add_compile_cache_flag, use_compile_cache
+from p2c_jax.cli.common import (
+    add_compile_cache_flag,
+    img_size,
+    setup_logging,
+    unusable_weights,
+    use_compile_cache,
+)
 from p2c_jax.export.common import FORMATS, PRECISIONS
 from p2c_jax.nn.models import GENERATORS
+from preprocessing.extras import quiet_tensorflow
+from preprocessing.flags import number
 
 
 def _batch(v: str) -> int | str:
-    if v == "dynamic":
-        return v
-    try:
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or dynamic, got {v!r}") from None
+    return v if v == "dynamic" else number(int, minimum=1)(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--img_size",
-        type=int,
+        type=img_size,
         default=None,
         help="image side of the file: a light generator takes any multiple of 16 (default: "
         "256, the original's interface); a full generator only its own (its default)",
@@ -78,17 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     if args.batch is None:
         args.batch = 1 if args.fmt == "tflite" else "dynamic"
     batch = None if args.batch == "dynamic" else args.batch
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+    quiet_tensorflow()
     use_compile_cache(args.compile_cache)
-    from p2c_jax.export import ExportError, NotEqualError, Request, export
+    from p2c_jax.export import ExportError, NotEqualError, Request, export, validate
     from p2c_jax.inference import FACE_SIZE
     from p2c_jax.weights.checkpoint import CheckpointError
+    from p2c_jax.weights.convert import load_any
 
     req = Request(args.fmt, Path(args.dst), batch, args.precision, args.img_size, args.force)
+    try:
+        validate(req)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:  # loaded once before export loads it: a damaged file fails in many ways, not export's
+        load_any(args.weights, [args.net])
+    except Exception as e:  # noqa: BLE001
+        print(unusable_weights(args.weights, e), file=sys.stderr)
+        return 2
+    then = "" if args.no_check else ", then checking it against our JAX generator"
+    print(f"writing the {args.fmt} file{then}", flush=True)
     try:
         report = export(args.weights, args.net, req, check=not args.no_check)
     except CheckpointError as e:

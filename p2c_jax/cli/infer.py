@@ -17,6 +17,8 @@ from p2c_jax.cli.common import (
     add_compile_cache_flag,
     add_img_size_flag,
     add_precision_flag,
+    setup_logging,
+    unusable_weights,
     use_compile_cache,
 )
 
@@ -24,7 +26,7 @@ NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import Parser, add_backend_flags
+    from preprocessing.flags import Parser, add_backend_flags, number
 
     p = Parser(prog="p2c-infer", description=__doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", help="photo files, folders (recursive) or globs")
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch_size",
-        type=int,
+        type=number(int, minimum=1),
         default=None,
         help="images per forward pass, rounded up to a multiple of the device count "
         "(default: 8 per accelerator, 1 per CPU device)",
@@ -71,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max_faces",
-        type=int,
+        type=number(int, minimum=1),
         default=10,
         help="with --whole_photo: the most faces per photo, largest first (default: %(default)s)",
     )
     p.add_argument(
         "--min_face",
-        type=float,
+        type=number(float, minimum=0),
         default=40,
         help="with --whole_photo: the smallest face used, in pixels (the longer side of its "
         "landmarks' box; default: %(default)s)",
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=number(int, minimum=1),
         default=min(4, os.cpu_count() or 1),
         help="decoding/preprocessing threads",
     )
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.whole_photo and (args.no_preprocess or args.compare_torch):
@@ -108,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile_cache(args.compile_cache)
     from p2c_jax import cartoonize, paths
     from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
-    from p2c_jax.weights.checkpoint import CheckpointError
-    from preprocessing.files import discover
+    from preprocessing.files import discover, report_missing
     from preprocessing.flags import preprocessor_from_flags
 
     try:
@@ -119,23 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # a local output folder inside an input folder: its cartoons are not inputs
     local = None if paths.is_remote(output) else Path(output)
+    if local is not None and local.exists() and not local.is_dir():
+        print(f"error: --output {output}: exists and is not a folder", file=sys.stderr)
+        return 2
     items = [(p, rel) for p, rel in discover(args.inputs) if local not in p.absolute().parents]
-    missing = [str(p) for p, _ in items if not p.exists()]
-    for path in missing:  # said before the model loads; the other inputs still run
-        print(f"error: input {path}: no such file, folder or glob match", file=sys.stderr)
-    if len(missing) == len(items):
-        if not items:
-            print(f"error: no input files in {' '.join(args.inputs)}", file=sys.stderr)
+    if report_missing(items, args.inputs):  # said before the model loads
         return 2
     try:
         generator = BatchedGenerator(
             load_generator(args.weights, NET, args.precision, args.img_size),
             args.batch_size or default_batch_size(),
         )
-        reference = cartoonize.torch_twin(generator) if args.compare_torch else None
-    except CheckpointError as e:
-        print(f"error: unusable weights: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways
+        print(unusable_weights(args.weights, e), file=sys.stderr)
         return 2
+    try:
+        reference = cartoonize.torch_twin(generator) if args.compare_torch else None
     except ImportError as e:
         print(f"error: --compare_torch: {e}", file=sys.stderr)
         return 2
@@ -171,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         print(f"{summary.line()}; {faces.line()}", file=sys.stderr)
+        print(_wrote(output), file=sys.stderr)
         return summary.exit_code
     summary, diff = cartoonize.run(
         items,
@@ -183,7 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     print(summary.line() + (f"; {diff.line()}" if diff and diff.pixels else ""), file=sys.stderr)
+    print(_wrote(output), file=sys.stderr)
     return summary.exit_code
+
+
+def _wrote(output) -> str:
+    return f"wrote {output}/: the cartoons and report.jsonl (a line per input)"
 
 
 if __name__ == "__main__":

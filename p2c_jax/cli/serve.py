@@ -18,6 +18,8 @@ from p2c_jax.cli.common import (
     add_compile_cache_flag,
     add_img_size_flag,
     add_precision_flag,
+    setup_logging,
+    unusable_weights,
     use_compile_cache,
 )
 from preprocessing.extras import MissingExtraError, needs
@@ -26,7 +28,7 @@ NET = "genA2B"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import Parser, add_backend_flags
+    from preprocessing.flags import Parser, add_backend_flags, number
 
     p = Parser(prog="p2c-serve", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -36,13 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
         "training workdir (its latest step)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (%(default)s)")
     p.add_argument(
-        "--max_upload_mb", type=float, default=20, help="largest upload, MB (%(default)s)"
+        "--port",
+        type=number(int, minimum=0, maximum=65535),
+        default=8000,
+        help="port (%(default)s; 0: any free one)",
+    )
+    p.add_argument(
+        "--max_upload_mb",
+        type=number(float, above=0),
+        default=20,
+        help="largest upload, MB (%(default)s)",
     )
     p.add_argument(
         "--max_pixels",
-        type=int,
+        type=number(int, minimum=1),
         default=50_000_000,
         help="largest image, width x height, checked before decoding (%(default)s)",
     )
@@ -50,35 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_img_size_flag(p)
     p.add_argument(
         "--batch_size",
-        type=int,
+        type=number(int, minimum=1),
         default=None,
         help="most faces per forward pass; batch sizes 1, 2, 4, ... up to it are compiled at "
         "start-up (default: 8 per accelerator, 4 on CPU)",
     )
     p.add_argument(
         "--max_wait_ms",
-        type=float,
+        type=number(float, minimum=0),
         default=10,
         help="how long a face waits for others to share its batch (%(default)s ms)",
     )
     p.add_argument(
         "--max_pending",
-        type=int,
+        type=number(int, minimum=1),
         default=32,
         help="requests in progress at once; more are answered 503 (%(default)s)",
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=number(int, minimum=1),
         default=min(4, os.cpu_count() or 1),
         help="decoding/preprocessing threads (%(default)s)",
     )
     p.add_argument(
-        "--max_faces", type=int, default=10, help="whole_photo: most faces (%(default)s)"
+        "--max_faces",
+        type=number(int, minimum=1),
+        default=10,
+        help="whole_photo: most faces (%(default)s)",
     )
     p.add_argument(
         "--min_face",
-        type=float,
+        type=number(float, minimum=0),
         default=40,
         help="whole_photo: smallest face in pixels (%(default)s)",
     )
@@ -88,13 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     use_compile_cache(args.compile_cache)
     handler = logging.StreamHandler()  # the root logger may be configured by an import
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
     log = logging.getLogger("p2c_jax.serve")
-    log.addHandler(handler)
+    log.handlers[:] = [handler]  # one, on this call's stderr
     log.setLevel(logging.INFO)
     log.propagate = False
 
@@ -111,13 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from p2c_jax.inference import load_generator
     from p2c_jax.parallel import uses_cpu_forms
     from p2c_jax.serve.batcher import Buckets
-    from p2c_jax.weights.checkpoint import CheckpointError
     from preprocessing.flags import preprocessor_from_flags
 
+    log.info("loading %s", args.weights)
     try:
         gen = load_generator(args.weights, NET, args.precision, args.img_size)
-    except CheckpointError as e:
-        print(f"error: unusable weights: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways
+        print(unusable_weights(args.weights, e), file=sys.stderr)
         return 2
     per_device = 4 if uses_cpu_forms(jax.local_devices()) else 8
     engine = Buckets(gen, args.batch_size or per_device * len(jax.local_devices()))
@@ -139,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    log.info("compiling the generator for batches of %s", ", ".join(map(str, engine.sizes)))
     app.state.server.setup()  # compiled before the server listens
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

