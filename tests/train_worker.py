@@ -55,13 +55,12 @@ def run(
 
     from p2c_jax.nn.models import TRAINING_NETS
     from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.train.loop import _host
-    from p2c_jax.weights.convert import load_torch, state_to_torch
+    from p2c_jax.weights.convert import load_face_id, load_torch, state_to_torch
 
     assert jax.config.jax_enable_x64
     nets = load_torch(weights, list(TRAINING_NETS))
-    face = FaceID.load(face_weights) if face_weights else None
+    face = load_face_id(face_weights) if face_weights else None
     hp = ts.Hparams(iteration=iteration, faceid_weight=1.0 if face else 0.0)
     model = ts.TrainModel({n: spec for n, (spec, _) in nets.items()}, face)
     mesh = ts.make_mesh()

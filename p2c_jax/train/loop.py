@@ -32,21 +32,18 @@ from p2c_jax import backend, paths
 from p2c_jax.data import input_pipeline
 from p2c_jax.inference import forward
 from p2c_jax.nn import precision
+from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
 from p2c_jax.train import evaluation, samples, summary
 from p2c_jax.train import step as ts
 from p2c_jax.train.config import Config, Hparams
-from p2c_jax.nn.face_id import FaceID
+from p2c_jax.train.errors import TrainError
 from p2c_jax.weights import checkpoint
 from p2c_jax.weights.checkpoint import CheckpointError, nets_to_tree, tree_to_nets
-from p2c_jax.weights.convert import load_any
+from p2c_jax.weights.convert import load_any, load_face_id
 
 N_SAMPLES = 5  # train and test images per sample grid, as in the original
 TRAIN_STATE = ("step", "opt_g", "opt_d")  # the checkpoint item train_state; nets go to nets
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start; the message names the flag to change."""
 
 
 # --- train state <-> checkpoint items -----------------------------------------------------------
@@ -208,7 +205,7 @@ def _load_face(cfg: Config) -> FaceID | None:
             "Face-ID loss with --faceid_weight 0"
         )
     try:
-        return FaceID.load(cfg.faceid_weights)
+        return load_face_id(cfg.faceid_weights)
     except CheckpointError as e:
         raise TrainError(f"--faceid_weights: {e}") from None
 

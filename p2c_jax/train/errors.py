@@ -1,0 +1,7 @@
+"""The training run's one error type, below both the loop and its evaluation."""
+
+from __future__ import annotations
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start; the message names the flag to change."""
