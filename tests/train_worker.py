@@ -55,18 +55,17 @@ def run(
     import jax
 
     from p2c_jax import parallel
-    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.nn.models import TRAINING_NETS
     from p2c_jax.nn.numerics import Numerics
     from p2c_jax.train.config import Hparams
     from p2c_jax.train.partition import make_step
     from p2c_jax.train.state import TrainModel
     from p2c_jax.train.step import TrainStep
-    from p2c_jax.weights.convert import load_torch, state_to_torch
+    from p2c_jax.weights.convert import load_face_id, load_torch, state_to_torch
 
     assert jax.config.jax_enable_x64
     nets = load_torch(weights, list(TRAINING_NETS))
-    face = FaceID.load(face_weights) if face_weights else None
+    face = load_face_id(face_weights) if face_weights else None
     hp = Hparams(iteration=iteration, faceid_weight=1.0 if face else 0.0)
     mesh = parallel.make_mesh()
     numerics = Numerics.for_devices(jax.devices(), plan=plan)

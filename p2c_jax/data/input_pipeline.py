@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -53,6 +53,7 @@ from preprocessing.splits import SPLITS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
 RESIZE_MARGIN = 30  # train images are resized to img_size + 30, then randomly cropped
 _ORDER, _AUGMENT, _STREAM = 0, 1, 2  # tags of the kinds of random draws
+ArrayT = TypeVar("ArrayT")  # a NumPy or a JAX array
 
 
 class DatasetError(ValueError):
@@ -219,15 +220,16 @@ def augment_params(seed: int, domain: str, step: int, index: int) -> Augment:
 # ---------------------------------------------------------------------------- transforms
 
 
-def to_unit_range(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 in [-1, 1], as ToTensor then Normalize(0.5, 0.5) compute it."""
-    return (np.asarray(rgb, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
+def to_unit_range(rgb: ArrayT) -> ArrayT:
+    """uint8-valued RGB (a NumPy or JAX array, also traced) -> float32 in [-1, 1], as ToTensor
+    then Normalize(0.5, 0.5) compute it."""
+    return (rgb.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
 
 
 def transform(img: Image.Image, img_size: int, aug: Augment | None) -> np.ndarray:
     """The original's train transform with the draws `aug`, or its test transform if None."""
     if aug is None:
-        return to_unit_range(img.resize((img_size, img_size), Image.BILINEAR))
+        return to_unit_range(np.asarray(img.resize((img_size, img_size), Image.BILINEAR)))
     if aug.flip:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     big = img_size + RESIZE_MARGIN

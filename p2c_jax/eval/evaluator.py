@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from p2c_jax.data.input_pipeline import to_unit_range
 from p2c_jax.eval import inception, metrics
 from p2c_jax.eval.features import Reference, Sharded
 from p2c_jax.eval.identity import DlibIdentity, MobileFaceNetIdentity, cosine
+from p2c_jax.eval.inception_weights import InceptionWeights
 from p2c_jax.inference import forward
 from p2c_jax.nn.models import NetSpec
 
@@ -30,11 +32,6 @@ Embedder = MobileFaceNetIdentity | DlibIdentity
 def quantize(y: jax.Array) -> jax.Array:
     """Generator output in [-1, 1] -> the uint8 values of the saved cartoon (as float32)."""
     return jnp.clip(jnp.floor((y + 1.0) * 127.5), 0.0, 255.0)
-
-
-def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 in [-1, 1], as the test transform (``ToTensor``, ``Normalize``)."""
-    return (np.asarray(images, np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)
 
 
 @dataclasses.dataclass
@@ -64,7 +61,7 @@ class Evaluator:
 
     def __init__(
         self,
-        weights: inception.InceptionWeights,
+        weights: InceptionWeights,
         photos: np.ndarray,
         reference: Reference,
         identity: Embedder | None = None,

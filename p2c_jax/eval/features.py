@@ -28,15 +28,16 @@ from PIL import Image
 
 from p2c_jax.data.input_pipeline import list_images
 from p2c_jax.eval import inception, metrics
+from p2c_jax.eval.inception_weights import InceptionWeights
 
 CACHE_VERSION = "1"  # bump when the input handling of the features changes
 
 
-def default_batch_size() -> int:
-    """Images per batch over all local devices: 1 per CPU device (XLA:CPU measured fastest one
-    image at a time, bench/eval_features.py), 32 per accelerator."""
-    per = 1 if jax.default_backend() == "cpu" else 32
-    return per * len(jax.local_devices())
+def default_batch_size(devices: Sequence[jax.Device]) -> int:
+    """Images per batch over ``devices``: 1 per CPU device (XLA:CPU measured fastest one image
+    at a time, bench/eval_features.py), 32 per accelerator (by the platform of ``devices[0]``)."""
+    per = 1 if devices[0].platform == "cpu" else 32
+    return per * len(devices)
 
 
 class Sharded:
@@ -51,7 +52,7 @@ class Sharded:
     ):
         devices = list(devices or jax.local_devices())
         mesh = Mesh(np.array(devices), ("data",))
-        batch_size = batch_size or default_batch_size()
+        batch_size = batch_size or default_batch_size(devices)
         self.batch_size = math.ceil(max(1, batch_size) / len(devices)) * len(devices)
         self._replicated = NamedSharding(mesh, P())
         self.state = None if state is None else self.replicate(state)
@@ -100,7 +101,7 @@ class FeatureExtractor(Sharded):
 
     def __init__(
         self,
-        weights: inception.InceptionWeights,
+        weights: InceptionWeights,
         batch_size: int | None = None,
         devices: Sequence | None = None,
     ):

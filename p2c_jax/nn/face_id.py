@@ -9,17 +9,13 @@ value there and the global-batch mean elsewhere.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from p2c_jax.nn.models import FACENET, NetSpec, graphdef
+from p2c_jax.nn.models import NetSpec, graphdef
 from p2c_jax.nn.numerics import FLOAT32, Numerics
-from p2c_jax.weights.checkpoint import CheckpointError
-from p2c_jax.weights.convert import load_any
 
 FACE_SIZE = 112
 
@@ -70,19 +66,15 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Arra
 
 
 class FaceID:
-    """A frozen MobileFaceNet as pure functions of its state (a pure dict, no gradients)."""
+    """A frozen MobileFaceNet as pure functions of its state (a pure dict, no gradients).
+
+    From a file: ``p2c_jax.weights.convert.load_face_id``."""
 
     def __init__(self, spec: NetSpec, state: nnx.State):
         if spec.kind != "mobilefacenet":
-            raise CheckpointError(f"face-ID weights must be a MobileFaceNet, got a {spec.kind}")
+            raise ValueError(f"face-ID weights must be a MobileFaceNet, got a {spec.kind}")
         self.spec = spec
         self.state = nnx.to_pure_dict(state)
-
-    @classmethod
-    def load(cls, path: str | Path) -> FaceID:
-        """From InsightFace's ``model_mobilefacenet.pth`` or our checkpoint holding ``facenet``."""
-        spec, state = load_any(path, [FACENET])[FACENET]
-        return cls(spec, state)
 
     def embed(self, state, x: jax.Array, numerics: Numerics = FLOAT32) -> jax.Array:
         """Embeddings ``[N, 512]`` of the face crops of ``x`` ``[N,H,W,3]`` in [-1, 1]."""

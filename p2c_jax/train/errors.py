@@ -1,4 +1,6 @@
-"""The training package's error, below every module that raises it."""
+"""The training run's one error type, below both the loop and its evaluation."""
+
+from __future__ import annotations
 
 
 class TrainError(RuntimeError):

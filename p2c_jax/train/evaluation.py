@@ -9,15 +9,13 @@ that step.
 
 Which checkpoints stay is Orbax's preservation policy: the latest ``--keep`` ones, plus the one
 with the lowest ``--select_by`` metric (``BestN(n=1)``), so the best survives beside the latest
-ones in the same ``checkpoints/`` folder and every loader reads it; ``best_checkpoint`` finds it
-again for ``convert_weights.py --src WORKDIR --best``.
+ones in the same ``checkpoints/`` folder and every loader reads it;
+``weights.checkpoint.best_checkpoint`` finds it again for ``p2c-convert --src WORKDIR --best``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,20 +27,16 @@ from etils import epath
 
 from p2c_jax import paths
 from p2c_jax.data import input_pipeline, tfrecords
-from p2c_jax.eval import features, inception
+from p2c_jax.eval import features
 from p2c_jax.eval.evaluator import Evaluator, Scores
 from p2c_jax.eval.identity import DlibIdentity, MobileFaceNetIdentity
+from p2c_jax.eval.inception_weights import load_inception
 from p2c_jax.nn.models import NetSpec
-from p2c_jax.weights.checkpoint import CHECKPOINTS, CheckpointError
+from p2c_jax.train.errors import TrainError
+from p2c_jax.weights.checkpoint import EVAL_DIR, SETTINGS_FILE, CheckpointError, metric
 
 SELECT_BY = ("fid", "kid")
-EVAL_DIR = "eval"
-SETTINGS_FILE = "settings.json"  # under EVAL_DIR: select_by, so that --best finds the metric
-HISTORY_FILE = "metrics.jsonl"
-
-
-def _metric(select_by: str) -> Callable[[dict], float]:
-    return lambda m: float(m.get(select_by, math.inf))
+HISTORY_FILE = "metrics.jsonl"  # under EVAL_DIR: every evaluation's scores
 
 
 def manager_options(cfg) -> ocp.CheckpointManagerOptions:
@@ -53,7 +47,7 @@ def manager_options(cfg) -> ocp.CheckpointManagerOptions:
             max_to_keep=cfg.keep, create=True, enable_async_checkpointing=True
         )
     policies = ocp.checkpoint_managers
-    best = _metric(cfg.select_by)
+    best = metric(cfg.select_by)
     return ocp.CheckpointManagerOptions(
         create=True,
         enable_async_checkpointing=True,
@@ -68,41 +62,6 @@ def manager_options(cfg) -> ocp.CheckpointManagerOptions:
             ]
         ),
     )
-
-
-def _settings(workdir) -> dict:
-    path = workdir / EVAL_DIR / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def best_step(workdir: str | os.PathLike, select_by: str | None = None) -> int | None:
-    """The kept step with the lowest ``select_by`` metric (default: the run's), or None."""
-    workdir = paths.as_path(workdir)
-    select_by = select_by or _settings(workdir).get("select_by", "fid")
-    manager = ocp.CheckpointManager(
-        workdir / CHECKPOINTS,
-        options=ocp.CheckpointManagerOptions(
-            read_only=True, create=False, best_fn=_metric(select_by), best_mode="min"
-        ),
-    )
-    try:
-        with_metrics = [s for s in manager.all_steps() if manager.metrics(s) is not None]
-        return manager.best_step() if with_metrics else None
-    finally:
-        manager.close()
-
-
-def best_checkpoint(workdir: str | os.PathLike, select_by: str | None = None) -> epath.Path:
-    """The checkpoint folder of ``best_step``; CheckpointError when no step has metrics."""
-    workdir = paths.as_path(workdir)
-    if not (workdir / CHECKPOINTS).is_dir():
-        raise CheckpointError(f"{workdir}: not a training workdir (no {CHECKPOINTS}/)")
-    step = best_step(workdir, select_by)
-    if step is None:
-        raise CheckpointError(
-            f"{workdir}: no checkpoint has evaluation metrics (train with --eval_freq N)"
-        )
-    return workdir / CHECKPOINTS / str(step)
 
 
 def _host(tree):
@@ -154,15 +113,13 @@ class TrainingEvaluator:
     def create(
         cls, cfg, spec: NetSpec, dataset_dir, workdir, face, log
     ) -> TrainingEvaluator | None:
-        """None without ``--eval_freq``; raises the loop's TrainError for unusable settings."""
-        from p2c_jax.train.loop import TrainError
-
+        """None without ``--eval_freq``; raises TrainError for unusable settings."""
         if getattr(cfg, "eval_freq", 0) <= 0:
             return None
         if cfg.select_by not in SELECT_BY:
             raise TrainError(f"--select_by {cfg.select_by}: expected one of {', '.join(SELECT_BY)}")
         try:
-            weights = inception.load_inception(getattr(cfg, "inception_weights", "") or None)
+            weights = load_inception(getattr(cfg, "inception_weights", "") or None)
         except CheckpointError as e:
             raise TrainError(f"--eval_freq needs the FID Inception: {e}") from None
         if face is not None:

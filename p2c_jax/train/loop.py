@@ -44,7 +44,7 @@ from p2c_jax.train.state import TrainModel, fresh_nets
 from p2c_jax.train.step import TrainStep
 from p2c_jax.weights import checkpoint
 from p2c_jax.weights.checkpoint import CheckpointError
-from p2c_jax.weights.convert import load_any
+from p2c_jax.weights.convert import load_any, load_face_id
 
 N_SAMPLES = 5  # train and test images per sample grid, as in the original
 
@@ -118,7 +118,7 @@ def _load_face(cfg: Config) -> FaceID | None:
             "Face-ID loss with --faceid_weight 0"
         )
     try:
-        return FaceID.load(cfg.faceid_weights)
+        return load_face_id(cfg.faceid_weights)
     except CheckpointError as e:
         raise TrainError(f"--faceid_weights: {e}") from None
 

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from p2c_jax import paths
+from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import FACENET, TRAINING_NETS, NetSpec, abstract
 from p2c_jax.weights import checkpoint, torch_file
 from p2c_jax.weights.checkpoint import CheckpointError, NetWeights
@@ -261,3 +262,12 @@ def load_any(
     if is_dir:
         return checkpoint.load_nets(path, nets)
     return load_torch(path, nets, log=log)
+
+
+def load_face_id(path: str | Path) -> FaceID:
+    """The Face-ID net from InsightFace's ``model_mobilefacenet.pth`` or our checkpoint (or
+    training workdir) holding ``facenet``."""
+    spec, state = load_any(path, [FACENET])[FACENET]
+    if spec.kind != "mobilefacenet":
+        raise CheckpointError(f"{path}: face-ID weights must be a MobileFaceNet, got a {spec.kind}")
+    return FaceID(spec, state)
