@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from p2c_jax.nn.layers import conv2d
-from p2c_jax.nn.precision import conv as _conv
+from p2c_jax.nn.numerics import FLOAT32, Numerics
+
+CPU_FORMS = Numerics(conv_forms=True)
 
 # (height = width of the output, C_in, C_out, kernel, stride, zero padding): the generator's
 # convolutions at ngf 32 and 256 x 256 (reflection pads are applied before them, so padding 0)
@@ -86,8 +88,10 @@ def main() -> None:
         k = (rng.standard_normal((kernel, kernel, c_in, c_out)) / np.sqrt(c_in * kernel**2)).astype(
             np.float32
         )
-        ours = _jax_times(lambda x, k: conv2d(x, k, None, stride, pad), x, k, args.repeats)
-        xla = _jax_times(lambda x, k: _conv(x, k, stride, pad), x, k, args.repeats)
+        ours = _jax_times(
+            lambda x, k: conv2d(x, k, None, CPU_FORMS, stride, pad), x, k, args.repeats
+        )
+        xla = _jax_times(lambda x, k: FLOAT32.conv(x, k, stride, pad), x, k, args.repeats)
         ref = _torch_times(x, k, stride, args.repeats)
         print(
             f"| {size} | {c_in} -> {c_out} | {kernel}x{kernel}/{stride} | "
