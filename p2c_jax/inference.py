@@ -16,13 +16,11 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from p2c_jax.nn.models import FACENET, NetSpec
 from p2c_jax.nn.models import graphdef as nn_graphdef
 from p2c_jax.nn.numerics import Numerics
-from p2c_jax.parallel import uses_cpu_forms
+from p2c_jax.parallel import batch_sharding, make_mesh, replicated, uses_cpu_forms
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
@@ -141,11 +139,11 @@ class BatchedGenerator:
 
     def __init__(self, gen: CompiledNet, batch_size: int, devices: Sequence | None = None):
         devices = list(devices or jax.local_devices())
-        mesh = Mesh(np.array(devices), ("data",))
+        mesh = make_mesh(devices)
         self.batch_size = math.ceil(max(1, batch_size) / len(devices)) * len(devices)
         self.spec, self.size = gen.spec, gen.spec.img_size
-        self.state = jax.device_put(gen.state, NamedSharding(mesh, P()))
-        self._data = NamedSharding(mesh, P("data"))
+        self.state = jax.device_put(gen.state, replicated(mesh))
+        self._data = batch_sharding(mesh)
         self._forward = forward(gen.spec, gen.precision, devices)
 
     def dispatch(self, x: np.ndarray) -> jax.Array:

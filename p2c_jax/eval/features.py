@@ -22,13 +22,12 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from p2c_jax.data.input_pipeline import list_images
 from p2c_jax.eval import inception, metrics
 from p2c_jax.eval.inception_weights import InceptionWeights
+from p2c_jax.parallel import batch_sharding, make_mesh, replicated
 
 CACHE_VERSION = "1"  # bump when the input handling of the features changes
 
@@ -51,12 +50,12 @@ class Sharded:
         devices: Sequence | None = None,
     ):
         devices = list(devices or jax.local_devices())
-        mesh = Mesh(np.array(devices), ("data",))
+        mesh = make_mesh(devices)
         batch_size = batch_size or default_batch_size(devices)
         self.batch_size = math.ceil(max(1, batch_size) / len(devices)) * len(devices)
-        self._replicated = NamedSharding(mesh, P())
+        self._replicated = replicated(mesh)
         self.state = None if state is None else self.replicate(state)
-        self._data = NamedSharding(mesh, P("data"))
+        self._data = batch_sharding(mesh)
         self._fn = jax.jit(fn)
 
     def replicate(self, tree: Any) -> Any:

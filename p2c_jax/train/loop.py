@@ -402,14 +402,14 @@ def run(r: Run) -> int:
     sampler = (
         _Sampler(r.model, cfg, r.dataset_dir, r.workdir) if cfg.print_freq > 0 and is_main else None
     )
-    save, batches, step = _Saver(r), _batches(r), r.start
-    r.log(
-        f"training start: steps {r.start + 1}..{end} on {r.mesh.size} device(s), global batch "
-        f"{cfg.batch_size} (the first step compiles)"
-    )
-    bar = _progress_bar(r)
+    save, batches, step, bar = _Saver(r), _batches(r), r.start, None
     try:
         with Stop(r.manager) as stop:
+            r.log(
+                f"training start: steps {r.start + 1}..{end} on {r.mesh.size} device(s), global "
+                f"batch {cfg.batch_size} (the first step compiles)"
+            )
+            bar = _progress_bar(r)
             if r.evaluator is not None and r.start == 0:
                 r.evaluator(0, r.state["gen"]["genA2B"], writer)
             t0 = time.time()
