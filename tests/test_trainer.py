@@ -326,6 +326,7 @@ def test_train_cli_error_paths(dataset, tmp_path, capsys):
     cases = [
         (["--phase", "test"], "--phase test is infer.py's job"),
         ([*base, "--precision", "float16"], "--precision: unknown precision 'float16'"),
+        ([*base, "--plan", "gpu", "--faceid_weight", "0"], "--plan gpu: expected one of auto"),
         ([*base, "--workdir", "memory://bar/w", "--faceid_weight", "0"], "unsupported scheme"),
         ([*base, "--workdir", str(tmp_path / "w")], "--faceid_weights model_mobilefacenet.pth"),
         (["--dataset", str(tmp_path / "nothing"), "--faceid_weight", "0"], "--dataset"),

@@ -30,12 +30,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from p2c_jax import paths
-from p2c_jax.data import input_pipeline
+from p2c_jax.data import input_pipeline, tfrecords
 from p2c_jax.inference import forward
 from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
 from p2c_jax.nn.numerics import Numerics
-from p2c_jax.parallel import host_value, make_mesh, put_batch, put_replicated
+from p2c_jax.parallel import PLANS, host_value, make_mesh, put_batch, put_replicated
 from p2c_jax.train import checkpointing, evaluation, samples, summary
 from p2c_jax.train.config import Config
 from p2c_jax.train.errors import TrainError
@@ -229,6 +229,8 @@ def _checked(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
         Numerics(cfg.precision)
     except ValueError as e:
         raise TrainError(f"--precision: {e}") from None
+    if cfg.plan not in PLANS:
+        raise TrainError(f"--plan {cfg.plan}: expected one of {', '.join(PLANS)}")
     if cfg.batch_size < 1 or cfg.batch_size % mesh.size:
         raise TrainError(
             f"--batch_size {cfg.batch_size} is the global batch: it must be a positive "
@@ -292,6 +294,9 @@ def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
     model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
     built = " (the offline demo, built on first use)" if cfg.dataset == "demo" else ""
     log(f"dataset: {_shown(dataset_dir)}{built}")
+    records = tfrecords.find_dataset(dataset_dir)
+    if records is not None:
+        log(f"streaming its TFRecords from {records} (tf.data, decoded as consumed)")
     log(f"workdir: {_shown(workdir)} (checkpoints, TensorBoard logs, sample grids)")
     manager = _manager(cfg, workdir)
     state = _initial_state(cfg, model, manager, mesh, log)
