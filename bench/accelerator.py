@@ -149,7 +149,7 @@ def train_row(side: str, precision: str, batch: int, sizes: dict) -> dict:
     rng = np.random.default_rng(0)
     if side == "torch":
         import torch
-        from torch_trainer import TorchTrainer
+        from helpers.torch_trainer import TorchTrainer
 
         from p2c_jax.nn.models import training_specs
         from p2c_jax.pytorch import bridge, nets
@@ -181,9 +181,9 @@ def train_row(side: str, precision: str, batch: int, sizes: dict) -> dict:
     from flax import nnx
 
     from p2c_jax import backend
+    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
 
     specs = training_specs(sizes["ch"], sizes["train_img"], True)
     face_spec = NetSpec("mobilefacenet", 512)

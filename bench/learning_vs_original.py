@@ -9,7 +9,7 @@ sides start from the same nets (``fresh_nets(specs, seed)``; ours converted to t
 original) and draw their data with their own generators:
 
 * ours: ``train.py`` (``--seed``), checkpoints every ``--eval_every`` steps;
-* original: the original's step (``tests/torch_trainer.py``, our port of its ``train()``) fed
+* original: the original's step (``tests/helpers/torch_trainer.py``, our port of its ``train()``) fed
   the way its loop feeds it: ``ImageFolder`` files through RandomHorizontalFlip,
   Resize(S + 30), RandomCrop(S), ToTensor, Normalize(0.5) (torchvision's draws, from torch's
   global generator seeded with the seed) by a ``DataLoader(shuffle=True)`` whose iterator the
@@ -101,7 +101,7 @@ def train_original(args, data: Path, out: Path, seed: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from torch_trainer import TorchTrainer
+    from helpers.torch_trainer import TorchTrainer
 
     from p2c_jax.nn.models import training_specs
     from p2c_jax.pytorch.bridge import from_state

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/torch_trainer.py: the reference
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/helpers/torch_trainer.py: the reference
 
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -34,9 +34,9 @@ def run_jax(args, remat: bool) -> dict:
     import numpy as np
     from flax import nnx
 
+    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
 
     specs = training_specs(args.ch, args.img_size, args.light)
     face_spec = NetSpec("mobilefacenet", 512)
@@ -81,7 +81,7 @@ def run_jax(args, remat: bool) -> dict:
 def run_torch(args) -> dict:
     import numpy as np
     import torch
-    from torch_trainer import TorchTrainer
+    from helpers.torch_trainer import TorchTrainer
 
     from p2c_jax.pytorch import nets as torch_port
     from p2c_jax.train.step import Hparams

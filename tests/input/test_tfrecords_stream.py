@@ -199,7 +199,7 @@ def peak_rss(datasets: list[Path], mode: str = "stream") -> list[dict[str, float
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _PEAK_RSS, str(d), mode],
-            cwd=Path(__file__).parents[1],
+            cwd=Path(__file__).parents[2],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

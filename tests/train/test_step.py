@@ -10,31 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import train_worker
-from reference import nchw, perturb
-from torch_trainer import TorchTrainer
+from helpers import train_worker
+from helpers.reference import nchw, perturb
+from helpers.specs import CH, SIZE, small_specs
+from helpers.torch_trainer import TorchTrainer
 
 from p2c_jax import backend
+from p2c_jax.nn import face_id
 from p2c_jax.nn.models import NetSpec
 from p2c_jax.pytorch import nets as torch_port
-from p2c_jax.nn import face_id
 from p2c_jax.train import step as ts
-
-SIZE, CH = 32, 4
-
-
-def small_specs(ch: int = CH, size: int = SIZE) -> dict[str, NetSpec]:
-    """The six nets at test size (discriminators shallower than the original's 7 / 5 layers
-    so that 32 x 32 images fit)."""
-    gen = NetSpec("generator", ch, img_size=size, light=True)
-    return {
-        "genA2B": gen,
-        "genB2A": gen,
-        "disGA": NetSpec("discriminator", ch, n_layers=5),
-        "disGB": NetSpec("discriminator", ch, n_layers=5),
-        "disLA": NetSpec("discriminator", ch, n_layers=3),
-        "disLB": NetSpec("discriminator", ch, n_layers=3),
-    }
 
 
 @pytest.mark.parametrize("size", [32, 64, 256])

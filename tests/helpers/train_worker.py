@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def batches(
@@ -53,9 +53,9 @@ def run(
     """
     import jax
 
+    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.nn.models import TRAINING_NETS
     from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.train.loop import _host
     from p2c_jax.weights.convert import load_torch, state_to_torch
 
@@ -143,9 +143,7 @@ def start(
         "PYTHONFAULTHANDLER": "1",
         "P2C_PLAN": plan,
         # this checkout, not whichever one p2c_jax was installed from
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     cmd = [
         sys.executable,
@@ -176,7 +174,7 @@ def start(
     if remat:
         cmd.append("--remat")
     return subprocess.Popen(
-        cmd, env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

@@ -28,7 +28,7 @@ from p2c_jax.train import loop as trainer
 from p2c_jax.train.config import Config
 from p2c_jax.weights import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -374,9 +374,9 @@ def test_step_cache_keeps_its_face_net(monkeypatch):
 
     from flax import nnx
 
+    from p2c_jax.nn.face_id import FaceID
     from p2c_jax.nn.models import NetSpec, build, training_specs
     from p2c_jax.train import step as ts
-    from p2c_jax.nn.face_id import FaceID
 
     monkeypatch.setattr(trainer, "_STEP_CACHE", {})
     spec = NetSpec("mobilefacenet", 512)

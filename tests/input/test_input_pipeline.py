@@ -164,7 +164,7 @@ def test_close_stops_the_workers(demo):
 
 def test_tfrecords_give_the_same_batches(demo, tmp_path):
     """Splits of at most shuffle_buffer records (here 6) are read like their folders; larger
-    ones are streamed (tests/test_tfrecords_stream.py)."""
+    ones are streamed (test_tfrecords_stream.py)."""
     pytest.importorskip("tensorflow_datasets")
     from preprocessing.tfrecords import write_dataset
 

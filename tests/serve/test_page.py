@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.faces import StubLandmarker, soft_mask, synthetic_photo
+from helpers.reference import make_weights
 from PIL import Image
-from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
 
 from p2c_jax.inference import load_generator
 from p2c_jax.serve.app import create_app

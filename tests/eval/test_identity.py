@@ -13,8 +13,8 @@ from p2c_jax.eval import evaluator as ev
 from p2c_jax.eval import identity, inception, metrics
 from p2c_jax.eval.features import FeatureExtractor, Reference
 from p2c_jax.inference import forward
-from p2c_jax.nn.models import FACENET, NetSpec, build
 from p2c_jax.nn.face_id import FaceID
+from p2c_jax.nn.models import FACENET, NetSpec, build
 from p2c_jax.weights.checkpoint import save_nets
 
 

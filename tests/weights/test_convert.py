@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference import nchw, perturb
+from helpers.reference import nchw, perturb
 
 import p2c_jax
 from p2c_jax.cli.convert import main

@@ -8,10 +8,10 @@ import importlib.util
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 from PIL import Image
 
 from preprocessing import geometry
@@ -21,7 +21,7 @@ from preprocessing.landmarks import FaceAlignmentLandmarker
 from preprocessing.pipeline import Preprocessor
 from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
-IMAGES = Path(__file__).resolve().parent / "data" / "images"
+IMAGES = DATA / "images"
 needs_dlib = pytest.mark.skipif(
     importlib.util.find_spec("dlib") is None
     or importlib.util.find_spec("face_recognition_models") is None,
@@ -126,7 +126,7 @@ def test_face_alignment_adapter_feeds_the_original_geometry():
     (out,) = Preprocessor(
         FaceAlignmentLandmarker(fa=fa), lambda f, lm: np.full(f.shape[:2], 255, np.uint8)
     )(img)
-    assert out.meta["crop_box"] == [16, -9, 144, 119]  # as hand-computed in test_preprocessing.py
+    assert out.meta["crop_box"] == [16, -9, 144, 119]  # as hand-computed in test_pipeline.py
     np.testing.assert_array_equal(out.image[9:, :], geometry.crop(img, (16, -9, 144, 119))[9:])
 
 
