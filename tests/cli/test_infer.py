@@ -143,10 +143,18 @@ def test_generated_faces_with_preprocessing(tmp_path, small):
 def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
     """The Preprocessor built up front (so that an unusable backend fails at once) is the one
     the first worker uses: 2 workers over 6 photos build 2 Preprocessors in all, not 3."""
-    built = []
+    built, used = [], set()
+
+    class Counted(StubLandmarker):
+        def __init__(self, n: int):
+            self.n = n
+
+        def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+            used.add(self.n)
+            return super().__call__(image)
 
     def make() -> Preprocessor:
-        built.append(Preprocessor(StubLandmarker(), soft_mask))
+        built.append(Preprocessor(Counted(len(built)), soft_mask))
         return built[-1]
 
     prepare = Preparer(make)
@@ -159,7 +167,7 @@ def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(prepare, photos))
     assert 1 <= len(built) <= 2
-    assert prepare._spare is None  # the first one went to a worker
+    assert 0 in used  # the first one went to a worker
 
 
 def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):
