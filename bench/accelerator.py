@@ -149,7 +149,7 @@ def train_row(side: str, precision: str, batch: int, sizes: dict) -> dict:
     rng = np.random.default_rng(0)
     if side == "torch":
         import torch
-        from torch_trainer import TorchTrainer
+        from helpers.torch_trainer import TorchTrainer
 
         from p2c_jax.nn.models import training_specs
         from p2c_jax.pytorch import bridge, nets

@@ -9,12 +9,12 @@ sides start from the same nets (``fresh_nets(specs, seed)``; ours converted to t
 original) and draw their data with their own generators:
 
 * ours: ``train.py`` (``--seed``), checkpoints every ``--eval_every`` steps;
-* original: the original's step (``tests/torch_trainer.py``, our port of its ``train()``) fed
-  the way its loop feeds it: ``ImageFolder`` files through RandomHorizontalFlip,
-  Resize(S + 30), RandomCrop(S), ToTensor, Normalize(0.5) (torchvision's draws, from torch's
-  global generator seeded with the seed) by a ``DataLoader(shuffle=True)`` whose iterator the
-  original re-creates at every step on torch >= 2 (its ``iter.next()`` no longer exists, and the
-  bare ``except`` takes a fresh iterator: each image drawn uniformly, with replacement).
+* original: our PyTorch port of the original's step (``tests/helpers/torch_trainer.py``; not the
+  original's code) fed the way the original's loop fed it on its pinned torch 1.4:
+  ``ImageFolder`` files through RandomHorizontalFlip, Resize(S + 30), RandomCrop(S), ToTensor,
+  Normalize(0.5) (torchvision's draws, from torch's global generator seeded with the seed) by
+  a ``DataLoader(shuffle=True)`` whose iterator is kept from step to step and re-created when
+  an epoch ends (``original_batches``): a fresh permutation each epoch, as ours.
 
 Then every kept generator (step 0 = the shared initial nets) is scored by one ``Evaluator``
 (KID and FID of its cartoons of testA against testB). Each training runs in its own process on
@@ -96,12 +96,29 @@ def original_loader(folder: Path, img_size: int):
     return torch.utils.data.DataLoader(Folder(), batch_size=1, shuffle=True)
 
 
+def original_batches(loaders):
+    """``(real_A, real_B)`` per step as the original's loop drew them on torch 1.4: each
+    loader's iterator kept across steps, and at its end (``StopIteration``, which the original's
+    bare ``except`` catches) a new one, created on first use, with a fresh permutation."""
+    iterators = [iter(()) for _ in loaders]
+    while True:
+        batch = []
+        for i, loader in enumerate(loaders):
+            try:
+                images, _ = next(iterators[i])
+            except StopIteration:
+                iterators[i] = iter(loader)
+                images, _ = next(iterators[i])
+            batch.append(images)
+        yield batch
+
+
 def train_original(args, data: Path, out: Path, seed: int) -> None:
     import numpy as np
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from torch_trainer import TorchTrainer
+    from helpers.torch_trainer import TorchTrainer
 
     from p2c_jax.nn.models import training_specs
     from p2c_jax.pytorch.bridge import from_state
@@ -115,8 +132,7 @@ def train_original(args, data: Path, out: Path, seed: int) -> None:
     trainer = TorchTrainer(nets, None, hparams(args))
     loaders = [original_loader(data / f"train{d}", args.img_size) for d in "AB"]
     out.mkdir(parents=True, exist_ok=True)
-    for step in range(1, args.steps + 1):
-        real_A, real_B = (next(iter(loader))[0] for loader in loaders)
+    for step, (real_A, real_B) in zip(range(1, args.steps + 1), original_batches(loaders)):
         losses = trainer.step(real_A, real_B)
         if step % 50 == 0:
             print(
@@ -127,13 +143,13 @@ def train_original(args, data: Path, out: Path, seed: int) -> None:
             np.savez(out / f"genA2B_{step}.npz", **sd)
 
 
-def run_all(args, data: Path, work: Path) -> dict[str, float]:
-    """Train every missing (side, seed) in ``--jobs`` one-core processes; their minutes."""
+def run_all(args, data: Path, work: Path) -> None:
+    """Train every missing (side, seed) in ``--jobs`` one-core processes, each one's minutes
+    in ``<side>-<seed>.done``."""
     todo = [
         (s, seed) for seed in args.seeds for s in SIDES if not (work / f"{s}-{seed}.done").exists()
     ]
     running: list[tuple[subprocess.Popen, str, int, float, int]] = []
-    minutes = {}
     free = list(range(args.jobs))
     while todo or running:
         while todo and free:
@@ -161,10 +177,15 @@ def run_all(args, data: Path, work: Path) -> dict[str, float]:
             free.append(core)
             if proc.returncode != 0:
                 raise SystemExit(f"{side} seed {seed} failed: see {work / f'{side}-{seed}.log'}")
-            minutes[f"{side}-{seed}"] = (time.time() - t0) / 60
-            (work / f"{side}-{seed}.done").write_text(f"{minutes[f'{side}-{seed}']:.2f}\n")
-            print(f"{side} seed {seed}: {minutes[f'{side}-{seed}']:.1f} min", flush=True)
-    return minutes
+            minutes = (time.time() - t0) / 60
+            (work / f"{side}-{seed}.done").write_text(f"{minutes:.2f}\n")
+            print(f"{side} seed {seed}: {minutes:.1f} min", flush=True)
+
+
+def training_minutes(args, work: Path) -> dict[str, float]:
+    """``{"<side>-<seed>": minutes}`` of the trainings in ``work`` (``--replot`` keeps them)."""
+    done = {f"{s}-{seed}": work / f"{s}-{seed}.done" for seed in args.seeds for s in SIDES}
+    return {k: float(path.read_text()) for k, path in done.items() if path.exists()}
 
 
 def score_all(args, data: Path, work: Path) -> dict:
@@ -211,7 +232,8 @@ def score_all(args, data: Path, work: Path) -> dict:
 
 def compare(scores: dict) -> dict:
     """Per side: mean and band of KID per step; Welch's t-test (ours vs original) of each seed's
-    mean KID over the steps after 0, and of the KID at each step."""
+    mean KID over the steps after 0, with the 95 % interval of the difference of the means, and
+    of the KID at each step."""
     import numpy as np
     from scipy import stats
 
@@ -229,6 +251,7 @@ def compare(scores: dict) -> dict:
         "max": {s: kid[s].max(axis=0).tolist() for s in SIDES},
         "mean_kid_after_0": {s: after[s].tolist() for s in SIDES},
         "difference_of_means": float(after["ours"].mean() - after["original"].mean()),
+        "difference_ci95": [float(x) for x in test.confidence_interval(0.95)],
         "welch_p": float(test.pvalue),
         "welch_p_per_step": per_step,
     }
@@ -284,7 +307,8 @@ def main() -> None:
         train(args, data, work / f"{side}-{seed}", int(seed))
         return
     t0 = time.time()
-    minutes = {} if args.replot else run_all(args, data, work)
+    if not args.replot:
+        run_all(args, data, work)
     scores = score_all(args, data, work)
     summary = compare(scores)
     docs = Path(args.docs)
@@ -296,7 +320,7 @@ def main() -> None:
     plot(scores, summary, docs / "learning_vs_original.png", title)
     result = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("child", "replot")},
-        "training_minutes": minutes,
+        "training_minutes": training_minutes(args, work),
         "total_minutes": (time.time() - t0) / 60,
         **scores,
         "summary": summary,

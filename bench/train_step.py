@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/torch_trainer.py: the reference
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/helpers/torch_trainer.py: the reference
 
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -86,7 +86,7 @@ def run_jax(args, remat: bool) -> dict:
 def run_torch(args) -> dict:
     import numpy as np
     import torch
-    from torch_trainer import TorchTrainer
+    from helpers.torch_trainer import TorchTrainer
 
     from p2c_jax.pytorch import nets as torch_port
     from p2c_jax.train.config import Hparams

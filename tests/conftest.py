@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="p2c-jax-xla-cache-"))
 
@@ -19,9 +20,7 @@ import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
-pytest_plugins = ["gcs"]  # the fake GCS server fixtures (tests/gcs.py)
-
-DATA = Path(__file__).resolve().parent / "data"  # see data/README.md (the original's, MIT)
+pytest_plugins = ["helpers.gcs"]  # the fake GCS server fixtures
 
 
 @pytest.fixture

@@ -16,9 +16,6 @@ from etils import epath
 
 from p2c_jax import paths
 
-if "gcs" not in sys.modules:  # until tests/conftest.py lists "gcs" in pytest_plugins
-    from gcs import gcs_bucket, gcs_server  # noqa: F401
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,9 +12,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ci_required import needs
+from helpers.ci_required import needs
+from helpers.faces import (
+    StubLandmarker,
+    astronaut_canvas,
+    default_preprocessor,
+    face_points,
+    soft_mask,
+    synthetic_photo,
+)
+from helpers.reference import make_weights
 from PIL import Image
-from test_infer import face_points, make_weights, soft_mask, synthetic_photo
 
 from p2c_jax import whole_photo
 from p2c_jax.cli.infer import main
@@ -198,8 +206,6 @@ def test_exif_orientation_and_no_face(tmp_path, generator):
         tmp_path / "sideways.jpg", exif=exif, quality=95
     )
     Image.new("RGB", (300, 300), (5, 5, 5)).save(tmp_path / "dark.png")
-    from test_infer import StubLandmarker
-
     make = lambda: Preprocessor(StubLandmarker(), soft_mask, all_faces=True)  # noqa: E731
     prepare = whole_photo.PhotoPreparer(make, generator.size)
     items = [(tmp_path / "sideways.jpg", "sideways.jpg"), (tmp_path / "dark.png", "dark.png")]
@@ -225,8 +231,6 @@ def test_exif_orientation_and_no_face(tmp_path, generator):
 
 
 def test_side_by_side_and_flags(tmp_path, generator):
-    from test_infer import StubLandmarker
-
     make = lambda: Preprocessor(StubLandmarker(), soft_mask, all_faces=True)  # noqa: E731
     Image.fromarray(synthetic_photo(300, 400, 2)).save(tmp_path / "a.png")
     prepare = whole_photo.PhotoPreparer(make, generator.size)
@@ -243,26 +247,6 @@ def test_side_by_side_and_flags(tmp_path, generator):
 
 
 # ------------------------------------------------- the default backends (dlib, GrabCut)
-
-
-def astronaut_canvas() -> np.ndarray:
-    """Two copies of scikit-image's astronaut's head on a gradient: dlib finds both."""
-    from skimage import data
-
-    face = data.astronaut()[0:300, 100:350]
-    yy, xx = np.mgrid[0:700, 0:1100]
-    canvas = np.stack([60 + 100 * xx / 1100, 90 + 80 * yy / 700, 140 + 0 * xx], -1)
-    canvas = canvas.astype(np.uint8)
-    canvas[50:350, 60:310] = face
-    canvas[200:650, 600:975] = cv2.resize(face, (375, 450), interpolation=cv2.INTER_AREA)
-    return canvas
-
-
-def default_preprocessor() -> Preprocessor:
-    from preprocessing.landmarks import DlibLandmarker
-    from preprocessing.segmentation import GrabCutSegmenter
-
-    return Preprocessor(DlibLandmarker(), GrabCutSegmenter(), all_faces=True)
 
 
 def check_cli_output(src: Path, out: Path, generator, faces: int) -> None:

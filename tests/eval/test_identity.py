@@ -6,8 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from ci_required import missing, require
 from flax import nnx
+from helpers.ci_required import missing, require
 from PIL import Image
 
 from p2c_jax.data.input_pipeline import to_unit_range

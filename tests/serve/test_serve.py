@@ -16,10 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ci_required import needs
+from helpers.ci_required import needs
+from helpers.faces import (
+    StubLandmarker,
+    astronaut_canvas,
+    default_preprocessor,
+    soft_mask,
+    synthetic_photo,
+)
+from helpers.reference import make_weights
 from PIL import Image
 from starlette.testclient import TestClient
-from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
 
 from p2c_jax import whole_photo
 from p2c_jax.cartoonize import Preparer, run
@@ -120,7 +127,6 @@ def test_same_png_as_infer_cli_default_backends(engine, weights, tmp_path):
     astronaut as a face crop and for a photo of two astronauts as a whole photo (two faces:
     one batch of 2 on the server, so infer.py runs with --batch_size 2)."""
     from skimage import data
-    from test_whole_photo import astronaut_canvas, default_preprocessor
 
     src = tmp_path / "in"
     src.mkdir()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 
 
 def batches(
@@ -125,9 +125,7 @@ def start(
         "JAX_PLATFORMS": "cpu",
         "PYTHONFAULTHANDLER": "1",
         # this checkout, not whichever one p2c_jax was installed from
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])
-        ),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     cmd = [
         sys.executable,
@@ -160,7 +158,7 @@ def start(
     if remat:
         cmd.append("--remat")
     return subprocess.Popen(
-        cmd, env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 

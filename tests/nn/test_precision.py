@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference import perturb, to_flax
-from test_train_step import small_specs
+from helpers.reference import perturb, to_flax
+from helpers.specs import small_specs
 
 from p2c_jax import parallel
 from p2c_jax.inference import forward

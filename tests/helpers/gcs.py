@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ci_required import missing
+
+from helpers.ci_required import missing
 
 BUCKET = "test-bucket"
 _CLOSED = "127.0.0.1:9"  # discard port: nothing listens, a probe fails at once on loopback

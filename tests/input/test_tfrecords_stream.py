@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ci_required import require
+from helpers.ci_required import require
 from PIL import Image
 
 from p2c_jax.data import input_pipeline as ip
@@ -157,7 +157,8 @@ def test_train_batches_streams_splits_larger_than_the_buffer(records, source):
 
 def test_remote_datasets_are_read_through_tf_gfile(records, source):
     """A dataset on TensorFlow's in-memory filesystem, standing for gs://, reads as on disk."""
-    tf = tfrecords._tf()
+    import tensorflow as tf
+
     local = Path(tfrecords.find_dataset(records[4]))
     remote = "ram://p2c-test/dataset"
     tf.io.gfile.makedirs(f"{remote}/tfrecords")
@@ -190,7 +191,7 @@ _PEAK_RSS = textwrap.dedent(
             return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key))
 
     from p2c_jax.data import input_pipeline as ip, tfrecords
-    tfrecords._tf()  # imported before the baseline
+    import tensorflow  # imported before the baseline
     dataset, mode = sys.argv[1], sys.argv[2]
     base = status("VmRSS")
     if mode == "whole":  # the former reader: the split decoded into memory, then batches
@@ -212,7 +213,7 @@ def peak_rss(datasets: list[Path], mode: str = "stream") -> list[dict[str, float
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _PEAK_RSS, str(d), mode],
-            cwd=Path(__file__).parents[1],
+            cwd=Path(__file__).parents[2],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

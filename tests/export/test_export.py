@@ -23,8 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from conftest import DATA
-from reference import numpy_state_dict, perturb
+from helpers import DATA
+from helpers.reference import numpy_state_dict, perturb
 
 import p2c_jax
 from p2c_jax.cli.export import main

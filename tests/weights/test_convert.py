@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from reference import nchw, perturb
+from helpers.reference import nchw, perturb
 
 import p2c_jax
+from p2c_jax import inference
 from p2c_jax.cli.convert import main
 from p2c_jax.nn.models import NetSpec
 from p2c_jax.pytorch import nets as torch_port
@@ -166,8 +167,8 @@ def test_load_generator_from_pt_and_checkpoint(weights_pt, tmp_path):
     with torch.no_grad():
         want = ref(nchw(x))
     gens = [p2c_jax.load_generator(path, net="genB2A") for path in (weights_pt, ours)]
-    forward = gens[0]._forward
-    assert gens[1]._forward is forward  # nets of one spec share the compiled forward pass
+    forward = inference.forward(gens[0].spec)
+    assert inference.forward(gens[1].spec) is forward  # one spec, one compiled forward pass
     compiled = forward._cache_size()
     for gen in gens:
         image, cam_logit, heatmap = gen(x)
@@ -178,8 +179,10 @@ def test_load_generator_from_pt_and_checkpoint(weights_pt, tmp_path):
         )
         gen(x + 0.1)
     assert forward._cache_size() == compiled + 1  # one compilation per spec and shape
-    gens[0](x[:1])
+    gens[0](x[:1])  # each net compiles a new shape into the shared forward pass
     assert forward._cache_size() == compiled + 2
+    gens[1](np.concatenate([x, x[:1]]))
+    assert forward._cache_size() == compiled + 3
     with pytest.raises(CheckpointError, match="disGA is a discriminator"):
         p2c_jax.load_generator(weights_pt, net="disGA")
 

@@ -1,12 +1,16 @@
-"""Helpers that make the PyTorch reference nets of the tests non-trivial and move them to JAX."""
+"""Helpers that make the PyTorch reference nets of the tests non-trivial and move them to JAX,
+and write them as the original's weights files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from flax import nnx
 
 from p2c_jax.nn.models import NetSpec, build
+from p2c_jax.pytorch import nets as torch_port
 from p2c_jax.weights.convert import spec_from_state_dict, state_from_torch
 
 
@@ -60,3 +64,12 @@ def nchw(x: np.ndarray) -> torch.Tensor:
 
 def nhwc(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def make_weights(path: Path, ngf: int, seed: int = 0) -> torch.nn.Module:
+    """A perturbed light generator at 256, saved as the original's photo2cartoon_weights.pt."""
+    torch.manual_seed(seed)
+    model = perturb(torch_port.ResnetGenerator(ngf, img_size=256, light=True), seed)
+    sd = model.state_dict()
+    torch.save({"genA2B": sd, "genB2A": sd}, path)
+    return model

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ci_required import missing
+from helpers.ci_required import missing
+from helpers.faces import StubLandmarker, soft_mask, synthetic_photo
+from helpers.reference import make_weights
 from PIL import Image
-from test_infer import StubLandmarker, make_weights, soft_mask, synthetic_photo
 
 from p2c_jax.inference import load_generator
 from p2c_jax.serve.app import create_app

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from ci_required import missing
+from helpers.ci_required import missing
 from PIL import Image
 
 from p2c_jax.cli import convert

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from ci_required import needs
+from helpers.ci_required import needs
+from helpers.faces import StubLandmarker, face_points, soft_mask, synthetic_photo
+from helpers.reference import make_weights
 from PIL import Image
-from reference import perturb
 
 from p2c_jax import load_generator
 from p2c_jax.cartoonize import Preparer, run
@@ -29,17 +30,8 @@ from p2c_jax.weights.convert import load_torch
 from preprocessing import geometry
 from preprocessing.pipeline import Preprocessor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCH = ["--batch_size", "2"]  # one compiled shape shared by the ngf=8 tests
-
-
-def make_weights(path: Path, ngf: int, seed: int = 0) -> torch.nn.Module:
-    """A perturbed light generator at 256, saved as the original's photo2cartoon_weights.pt."""
-    torch.manual_seed(seed)
-    model = perturb(torch_port.ResnetGenerator(ngf, img_size=256, light=True), seed)
-    sd = model.state_dict()
-    torch.save({"genA2B": sd, "genB2A": sd}, path)
-    return model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,44 +80,6 @@ def report(out: Path) -> dict[str, dict]:
 
 
 # ------------------------------------------------- generated faces and stand-in backends
-
-
-def synthetic_photo(h: int, w: int, seed: int) -> np.ndarray:
-    """A smooth photo-like image: gradients, a skin-coloured ellipse, some noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([120 + 100 * xx, 80 + 120 * yy, 160 - 90 * xx * yy], axis=-1)
-    img = img + rng.normal(0, 12, img.shape)
-    cv2.ellipse(img, (w // 2, h // 2), (w // 5, h // 4), 10, 0, 360, (224, 172, 150), -1)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def face_points(image: np.ndarray) -> np.ndarray:
-    """68 landmarks spanning the central ellipse, eye corners tilted (the alignment rotates)."""
-    h, w = image.shape[:2]
-    x0, x1, y0, y1 = 0.32 * w, 0.68 * w, 0.3 * h, 0.72 * h
-    pts = np.tile([(x0 + x1) / 2, (y0 + y1) / 2], (68, 1))
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    pts[0], pts[16], pts[19], pts[8] = (x0, cy), (x1, cy), (cx, y0), (cx, y1)
-    pts[36], pts[45] = (0.4 * w, 0.45 * h), (0.6 * w, 0.42 * h)
-    return pts
-
-
-class StubLandmarker:
-    """One face in the middle of every photo, none in a photo darker than 20 on average."""
-
-    box_height_scale = 1.0
-
-    def __call__(self, image: np.ndarray) -> list[np.ndarray]:
-        return [] if image.mean() < 20 else [face_points(image)]
-
-
-def soft_mask(face: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """A feathered ellipse: the mask takes every value from 0 to 255."""
-    h, w = face.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w]
-    r = np.hypot((xx - w / 2) / (0.4 * w), (yy - h / 2) / (0.45 * h))
-    return (np.clip(1.5 - r, 0, 1) * 255).astype(np.uint8)
 
 
 def stub_preparer() -> Preparer:
@@ -189,10 +143,18 @@ def test_generated_faces_with_preprocessing(tmp_path, small):
 def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
     """The Preprocessor built up front (so that an unusable backend fails at once) is the one
     the first worker uses: 2 workers over 6 photos build 2 Preprocessors in all, not 3."""
-    built = []
+    built, used = [], set()
+
+    class Counted(StubLandmarker):
+        def __init__(self, n: int):
+            self.n = n
+
+        def __call__(self, image: np.ndarray) -> list[np.ndarray]:
+            used.add(self.n)
+            return super().__call__(image)
 
     def make() -> Preprocessor:
-        built.append(Preprocessor(StubLandmarker(), soft_mask))
+        built.append(Preprocessor(Counted(len(built)), soft_mask))
         return built[-1]
 
     prepare = Preparer(make)
@@ -205,7 +167,7 @@ def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(prepare, photos))
     assert 1 <= len(built) <= 2
-    assert prepare._spare is None  # the first one went to a worker
+    assert 0 in used  # the first one went to a worker
 
 
 def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import train_worker
-from reference import nchw, perturb
-from torch_trainer import TorchTrainer
+from helpers import train_worker
+from helpers.reference import nchw, perturb
+from helpers.specs import CH, SIZE, small_specs
+from helpers.torch_trainer import TorchTrainer
 
 from p2c_jax import parallel
 from p2c_jax.nn import face_id
@@ -26,22 +27,6 @@ from p2c_jax.train import partition
 from p2c_jax.train import step as ts
 from p2c_jax.train.config import Hparams
 from p2c_jax.train.state import TrainModel, fresh_nets, key_names, trainable_mask
-
-SIZE, CH = 32, 4
-
-
-def small_specs(ch: int = CH, size: int = SIZE) -> dict[str, NetSpec]:
-    """The six nets at test size (discriminators shallower than the original's 7 / 5 layers
-    so that 32 x 32 images fit)."""
-    gen = NetSpec("generator", ch, img_size=size, light=True)
-    return {
-        "genA2B": gen,
-        "genB2A": gen,
-        "disGA": NetSpec("discriminator", ch, n_layers=5),
-        "disGB": NetSpec("discriminator", ch, n_layers=5),
-        "disLA": NetSpec("discriminator", ch, n_layers=3),
-        "disLB": NetSpec("discriminator", ch, n_layers=3),
-    }
 
 
 @pytest.mark.parametrize("size", [32, 64, 256])

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import torch
-from ci_required import require
+from helpers.ci_required import require
 
 from p2c_jax.data.demo import build_demo
 from p2c_jax.nn.models import TRAINING_NETS
@@ -29,7 +29,7 @@ from p2c_jax.train import loop as trainer
 from p2c_jax.train.config import Config
 from p2c_jax.weights import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

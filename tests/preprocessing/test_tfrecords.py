@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from ci_required import needs, require
+from helpers.ci_required import needs, require
 from PIL import Image
 
 from p2c_jax.data.tfrecords import read_tfrecord_images
