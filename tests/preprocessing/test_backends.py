@@ -10,8 +10,8 @@ import types
 
 import numpy as np
 import pytest
-from helpers import DATA
-from helpers.ci_required import needs, require
+from helpers import DATA, ci_required
+from helpers.ci_required import require
 from PIL import Image
 
 from preprocessing import geometry
@@ -22,7 +22,7 @@ from preprocessing.pipeline import Preprocessor
 from preprocessing.segmentation import GrabCutSegmenter, probability_to_mask
 
 IMAGES = DATA / "images"
-needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
+needs_dlib = ci_required.needs_dlib()
 
 
 @pytest.fixture(scope="module")

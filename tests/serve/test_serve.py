@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.ci_required import needs
+from helpers import ci_required
 from helpers.faces import (
     StubLandmarker,
     astronaut_canvas,
@@ -37,7 +37,7 @@ from p2c_jax.serve.app import Limits, create_app
 from p2c_jax.serve.batcher import Buckets
 from preprocessing.pipeline import Preprocessor
 
-needs_dlib = needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")
+needs_dlib = ci_required.needs_dlib()
 
 
 def stub_preprocessor() -> Preprocessor:
