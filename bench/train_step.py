@@ -2,8 +2,10 @@
 the original trainer, at the original's defaults (256 x 256, batch 1, light, ch 32, Face-ID on).
 
     python bench/train_step.py [--img_size 256] [--ch 32] [--steps 5] [--light true]
+                               [--baseline ../old]
 
-Three sides: our PyTorch port, our step, our step with ``--remat true``. Each runs in its own
+Three sides: our PyTorch port, our step, our step with ``--remat true``; with ``--baseline`` a
+fourth, another checkout's step run by that checkout's own copy of this script. Each runs in its own
 process (so that its peak RSS is its own); the table is printed at the end. Random weights: the
 arithmetic, not the values, is measured.
 """
@@ -133,6 +135,13 @@ def main() -> None:
     p.add_argument("--light", type=lambda s: s.lower() == "true", default=True)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--only", choices=list(SIDES), default=None)
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. `git worktree add ../old main`): its own bench's jax side "
+        "runs too, in this same run, for a before / after ratio",
+    )
     args = p.parse_args()
     if args.only:
         result = (
@@ -140,22 +149,15 @@ def main() -> None:
         )
         print(json.dumps(result))
         return
+    flags = ["--img_size", str(args.img_size), "--ch", str(args.ch)]
+    flags += ["--light", str(args.light).lower(), "--steps", str(args.steps)]
+    sides = {side: (name, __file__, side) for side, name in SIDES.items()}
+    if args.baseline:
+        script = args.baseline.resolve() / "bench" / "train_step.py"
+        sides["baseline"] = (f"p2c-jax at {args.baseline}", str(script), "jax")
     rows = {}
-    for side in SIDES:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--only",
-            side,
-            "--img_size",
-            str(args.img_size),
-            "--ch",
-            str(args.ch),
-            "--light",
-            str(args.light).lower(),
-            "--steps",
-            str(args.steps),
-        ]
+    for side, (_, script, only) in sides.items():
+        cmd = [sys.executable, script, "--only", only, *flags]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows[side] = json.loads(out.strip().splitlines()[-1])
         print(side, rows[side], flush=True)
@@ -166,12 +168,19 @@ def main() -> None:
     print("| | s / step | speed-up | XLA compile s | first step s | peak RSS GB | memory |")
     print("|---|---|---|---|---|---|---|")
     torch_row = rows["torch"]
-    for side, name in SIDES.items():
+    for side, (name, _, _) in sides.items():
         r = rows[side]
         print(
             f"| {name} | {r['s_per_step']:.2f} | {torch_row['s_per_step'] / r['s_per_step']:.2f}x | "
             f"{r['compile_s']:.0f} | {r['first_step_s']:.0f} | {r['peak_rss_gb']:.2f} | "
             f"{r['peak_rss_gb'] / torch_row['peak_rss_gb']:.2f}x |"
+        )
+    if args.baseline:
+        new, old = rows["jax"], rows["baseline"]
+        print(
+            f"\nagainst {args.baseline}: {old['s_per_step'] / new['s_per_step']:.2f}x its speed, "
+            f"{new['peak_rss_gb'] / old['peak_rss_gb']:.2f}x its peak RSS, "
+            f"{new['first_step_s'] / max(old['first_step_s'], 1e-9):.2f}x its first step"
         )
 
 
