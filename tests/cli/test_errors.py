@@ -18,7 +18,7 @@ from PIL import Image
 
 from preprocessing.flags import Parser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "tests" / "data" / "images"
 
 MODULES = {
