@@ -79,7 +79,7 @@ def list_images(folder: str | Path) -> list[Path]:
     return found
 
 
-def _walk_key(name: str) -> tuple[str, str]:
+def walk_key(name: str) -> tuple[str, str]:
     """Sort key putting relative names in `list_images` order (by folder path, then name)."""
     parent, _, base = name.rpartition("/")
     return ("/" + parent if parent else "", base)
@@ -95,7 +95,7 @@ class _Split:
 
     def __init__(self, dataset_dir: str | os.PathLike, split: str, tf_dir: str | None):
         if tf_dir is not None:
-            records = sorted(tfrecords.read_records(tf_dir, split), key=lambda r: _walk_key(r[0]))
+            records = sorted(tfrecords.read_records(tf_dir, split), key=lambda r: walk_key(r[0]))
             self.names = [name for name, _ in records]
             self._encoded: list[bytes] | None = [data for _, data in records]
         else:
@@ -402,7 +402,7 @@ def held_out_images(
     tf_dir = tfrecords.find_dataset(dataset_dir)
     if tf_dir is not None:
         _check_split(tf_dir, dataset_dir, split)
-        first = [_decode(data) for _, data in tfrecords.first_records(tf_dir, split, n, _walk_key)]
+        first = [_decode(data) for _, data in tfrecords.first_records(tf_dir, split, n, walk_key)]
     else:
         folder = _Split(dataset_dir, split, None)
         first = [folder.load(i) for i in range(min(n, len(folder)))]

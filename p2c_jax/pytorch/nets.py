@@ -1,7 +1,7 @@
 """Our PyTorch port of the original photo2cartoon networks (NCHW), the reference we test against.
 
 Written from the original architecture so that ``state_dict()`` keys, shapes and dtypes equal the
-original checkpoints' (``tests/test_torch_port.py`` checks them against the layout files). It is
+original checkpoints' (``tests/pytorch/test_nets.py`` checks them against the layout files). It is
 used by the parity tests, the comparison tools (``infer.py --compare_torch``) and the benchmarks.
 Needs the ``torch`` extra.
 """

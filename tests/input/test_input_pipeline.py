@@ -60,7 +60,7 @@ def test_list_images_follows_the_original_walk_order(tmp_path):
     got = [p.relative_to(tmp_path).as_posix() for p in ip.list_images(tmp_path)]
     # os.walk sorted by folder path ("", "/a", "/sub", "/sub-x" sorts as "/sub" < "/sub-x"), names sorted
     assert got == ["a.JPG", "b.png", "a/y.png", "sub/a.tif", "sub/z.bmp", "sub-x/c.jpeg"]
-    assert sorted(got, key=ip._walk_key) == got  # the key that orders TFRecord names the same way
+    assert sorted(got, key=ip.walk_key) == got  # the key that orders TFRecord names the same way
 
 
 def test_unaugmented_batches_are_pil_bilinear_resizes(demo):
