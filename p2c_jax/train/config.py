@@ -64,8 +64,8 @@ class Config:
         "original's ./experiment/train-size..-ch..-... folder)",
     )
     batch_size: int = flag(1, "global batch size (all devices and hosts)", minimum=1)
-    print_freq: int = flag(1000, "sample grids every N steps", minimum=1)
-    save_freq: int = flag(1000, "checkpoint every N steps", minimum=1)
+    print_freq: int = flag(1000, "sample grids every N steps (0: never)", minimum=0)
+    save_freq: int = flag(1000, "checkpoint every N steps (0: only at the end)", minimum=0)
     ch: int = flag(32, "base channel number", minimum=1)
     img_size: int = flag(256, "image size", check=checked_img_size)
     light: bool = flag(True, "light (true) or full U-GAT-IT generator")

@@ -17,6 +17,9 @@ from p2c_jax.nn.layers import (
     upsample2x,
     upsample_pad_conv3x3,
 )
+from p2c_jax.nn.numerics import Numerics
+
+CPU_FORMS = Numerics(conv_forms=True)
 
 
 def _plain_conv(x, k, stride=1, padding=0, groups=1):
@@ -37,7 +40,7 @@ def test_upsample_pad_conv3x3(shape):
     x = rng.standard_normal(shape).astype(np.float32)
     k = rng.standard_normal((3, 3, shape[-1], 6)).astype(np.float32)
     want = _plain_conv(reflection_pad(1)(upsample2x(x)), k)
-    got = upsample_pad_conv3x3(x, k)
+    got = upsample_pad_conv3x3(x, k, CPU_FORMS)
     assert got.shape == (shape[0], 2 * shape[1], 2 * shape[2], 6)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
 
@@ -61,7 +64,8 @@ def test_upsample_pad_conv3x3(shape):
     ],
 )
 def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, groups, tol):
-    """Output and both gradients of each form ``conv2d`` picks, against XLA's convolution."""
+    """Output and both gradients of each form ``conv2d`` picks on XLA:CPU, against XLA's
+    convolution."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 11, 10, cin))
     k = rng.standard_normal((kernel, kernel, cin // groups, cout))
@@ -69,7 +73,9 @@ def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, gr
     out = [(n + 2 * padding - kernel) // stride + 1 for n in (11, 10)]
     ct = rng.standard_normal((2, *out, cout))
     with jax.enable_x64(True):
-        ours = jax.vjp(jax.jit(lambda x, k, b: conv2d(x, k, b, stride, padding, groups)), x, k, b)
+        ours = jax.vjp(
+            jax.jit(lambda x, k, b: conv2d(x, k, b, CPU_FORMS, stride, padding, groups)), x, k, b
+        )
         want = jax.vjp(
             jax.jit(lambda x, k, b: _plain_conv(x, k, stride, padding, groups) + b), x, k, b
         )
