@@ -24,6 +24,7 @@ from helpers.ci_required import require
 
 from p2c_jax.data.demo import build_demo
 from p2c_jax.nn.models import TRAINING_NETS
+from p2c_jax.parallel import make_mesh
 from p2c_jax.pytorch import nets as torch_port
 from p2c_jax.train import loop as trainer
 from p2c_jax.train.config import Config
@@ -394,3 +395,21 @@ def test_light_pretrained_weights_load_at_any_img_size(dataset, tmp_path):
             trainer.training_specs(8, SIZE, True),
             print,
         )
+
+
+def test_resume_without_checkpoints_says_it_starts_from_scratch(dataset, tmp_path):
+    """--resume true on a workdir with no checkpoint yet: one line saying so, then step 0."""
+    logs: list[str] = []
+    run = trainer.setup(
+        _config(dataset, tmp_path / "fresh", resume=True),
+        mesh=make_mesh(jax.devices()[:1]),
+        log=logs.append,
+    )
+    try:
+        assert run.start == 0
+        assert any(
+            line.startswith("--resume: no checkpoint under") and "starting from step 0" in line
+            for line in logs
+        ), logs
+    finally:
+        run.manager.close()
