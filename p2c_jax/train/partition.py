@@ -22,8 +22,6 @@ from jax.sharding import Mesh
 from p2c_jax.parallel import batch_sharding, replicated, uses_cpu_forms
 from p2c_jax.train.step import STAGES, TrainStep
 
-Step = Callable  # (state, face_state, real_A, real_B) -> (state, metrics)
-
 
 class Fused:
     """The step as one program: ``lower``/``__call__`` take global arrays placed as
