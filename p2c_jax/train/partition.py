@@ -1,11 +1,15 @@
 """How the step's one body (``step.TrainStep``) becomes compiled programs over a mesh.
 
 - ``Fused``: the whole step under one ``jax.jit``, the state donated, explicit in and out
-  shardings (parameters replicated, the batch split on ``data``): for GPUs and TPUs.
-- ``Staged``: each stage its own cached ``jax.jit``, run one after the other, for XLA:CPU,
-  where the fused step's first compile costs about 2.8x the stages' (docs/benchmarks.md);
-  each step ends by giving the C heap's free pages back to the system (``malloc_trim``: on
-  CPU the device buffers live there, and glibc keeps freed pages resident).
+  shardings (parameters replicated, the batch split on ``data``): for GPUs and TPUs. The
+  generator calls of a call stage run as one ``lax.map``, so the program holds the generator
+  twice (the translations, the later calls), not six times.
+- ``Staged``: each stage its own cached ``jax.jit``, a call stage's forward and backward
+  passes programs called once per generator call, for XLA:CPU: there the fused step's first compile costs about 2.8x the
+  stages', and a generator's backward pass inside a loop runs 4-5x slower than outside one
+  (docs/benchmarks.md). Each step ends by giving the C heap's free pages back to the system
+  (``malloc_trim``: on CPU the device buffers live there, and glibc keeps freed pages
+  resident).
 
 Both compute the same step on global arrays: XLA inserts the reductions of gradients and
 metrics over devices and hosts. ``make_step`` picks one from the mesh's devices.
@@ -14,13 +18,53 @@ metrics over devices and hosts. ``make_step`` picks one from the mesh's devices.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from p2c_jax.parallel import batch_sharding, replicated, uses_cpu_forms
-from p2c_jax.train.step import STAGES, TrainStep
+from p2c_jax.train.step import CALL_LOSSES, CALL_STAGES, STAGES, TrainStep
+
+
+def _stacked(items: list) -> object:
+    return jax.tree.map(lambda *a: jnp.stack(a), *items)
+
+
+def _unstacked(tree, n: int) -> list:
+    return [jax.tree.map(lambda a: a[i], tree) for i in range(n)]
+
+
+class _InOneProgram:
+    """``step.Runner`` inside one traced program: each call stage as one ``lax.map`` over its
+    items stacked, with ``each_grad`` a call's forward and backward inside one iteration."""
+
+    def __init__(self, step: TrainStep):
+        self.step = step
+
+    def stage(self, name: str) -> Callable:
+        return getattr(self.step, name)
+
+    def each_vjp(self, name: str, items: list[tuple]) -> tuple[list, Callable[[list], list]]:
+        call, n = getattr(self.step, name), len(items)
+        out, pullback = jax.vjp(
+            lambda *args: jax.lax.map(lambda a: call(*a), args), *_stacked(items)
+        )
+        return _unstacked(out, n), lambda cts: _unstacked(pullback(_stacked(cts)), n)
+
+    def each_grad(self, name: str, loss: str, items: list[tuple[tuple, tuple]]) -> list:
+        call, loss = getattr(self.step, name), getattr(self.step, loss)
+
+        def one(item):
+            args, loss_args = item
+            (_, terms), cts = jax.value_and_grad(
+                lambda *a: loss(call(*a), *loss_args), tuple(range(len(args))), has_aux=True
+            )(*args)
+            return terms, cts
+
+        return _unstacked(jax.lax.map(one, _stacked(items)), len(items))
 
 
 class Fused:
@@ -31,7 +75,7 @@ class Fused:
         rep, dat = replicated(mesh), batch_sharding(mesh)
         self.in_shardings = (rep, rep, dat, dat)
         self.program = jax.jit(
-            lambda *args: step(lambda name: getattr(step, name), *args),
+            functools.partial(step, _InOneProgram(step)),
             in_shardings=self.in_shardings,
             out_shardings=(rep, rep),
             donate_argnums=(0,),
@@ -52,9 +96,21 @@ def _find_malloc_trim() -> Callable | None:
 _MALLOC_TRIM = _find_malloc_trim()
 
 
+def _vjp(call: Callable, *args):
+    return jax.vjp(call, *args)
+
+
+def _grad_of_output(loss: Callable, out, *loss_args):
+    (_, terms), ct = jax.value_and_grad(lambda o: loss(o, *loss_args), has_aux=True)(out)
+    return terms, ct
+
+
 class Staged:
-    """The step as one program per stage, each compiled once and donating what ``STAGES``
-    says; the inputs are placed as for ``Fused`` and XLA propagates their shardings."""
+    """The step as one program per stage, each compiled once, donating what ``STAGES`` says.
+    A call stage is two programs, its forward pass with the vjp and the vjp's backward pass,
+    each run once per call; ``each_grad`` runs them around a third, the loss's gradient. The
+    inputs are placed as for ``Fused``; XLA propagates their shardings. It is the
+    ``step.Runner`` of its own body."""
 
     def __init__(self, step: TrainStep, mesh: Mesh):
         self.step = step
@@ -62,9 +118,37 @@ class Staged:
             name: jax.jit(getattr(step, name), donate_argnums=donate)
             for name, donate in STAGES.items()
         }
+        self.forwards = {
+            name: jax.jit(functools.partial(_vjp, getattr(step, name))) for name in CALL_STAGES
+        }
+        self.backward = jax.jit(lambda pullback, ct: pullback(ct))
+        self.loss_grads = {
+            name: jax.jit(functools.partial(_grad_of_output, getattr(step, name)))
+            for name in CALL_LOSSES
+        }
+
+    def stage(self, name: str) -> Callable:
+        return self.programs[name]
+
+    def each_vjp(self, name: str, items: list[tuple]) -> tuple[list, Callable[[list], list]]:
+        outs, pullbacks = zip(*(self.forwards[name](*item) for item in items))
+
+        def pullback(cts: list) -> list:
+            return [self.backward(p, ct) for p, ct in zip(pullbacks, cts)]
+
+        return list(outs), pullback
+
+    def each_grad(self, name: str, loss: str, items: list[tuple[tuple, tuple]]) -> list:
+        results = []
+        for args, loss_args in items:
+            out, pullback = self.forwards[name](*args)
+            terms, ct = self.loss_grads[loss](out, *loss_args)
+            results.append((terms, self.backward(pullback, ct)))
+            del out, pullback  # one call's residuals at a time
+        return results
 
     def __call__(self, state, face_state, real_A, real_B):
-        out = self.step(self.programs.__getitem__, state, face_state, real_A, real_B)
+        out = self.step(self, state, face_state, real_A, real_B)
         if _MALLOC_TRIM is not None:
             jax.block_until_ready(out)
             _MALLOC_TRIM(0)

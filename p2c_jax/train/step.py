@@ -20,9 +20,9 @@ The translations of step 1 equal those of step 2 (G has not changed in between),
 once, through ``jax.vjp``, and both updates use them. The G loss splits into the translations'
 side (``losses.translation_loss``: discriminators, CAM, Face-ID) and four later generator
 calls (each translation's cycle and each generator's identity call), whose losses depend on
-their own output only (``losses.generator_call_loss``). Those four run as one ``lax.map``,
-forward and backward inside each iteration, so at most one of them holds its activations at a
-time, and the program holds the generator twice (translations and later calls), not six times.
+their own output only (``losses.generator_call_loss``): each call runs forward and backward
+before the next, so at most one of them holds its activations at a time. The translations and
+the later calls are call stages, run once per call as the partition chooses (``Runner``).
 Between forward and backward passes the generators keep only their convolutions' outputs and
 recompute the rest; with ``remat`` nothing.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +44,28 @@ from p2c_jax.train.state import TrainModel, Tree, key_names, optimizer
 
 # stage name -> the arguments it donates when it runs as a program of its own
 STAGES = {
-    "translate": (),
     "update_discriminators": (0, 1, 2),
     "translation_losses": (),
-    "generator_calls": (),
-    "translate_backward": (),
     "update_generators": (0, 1),
 }
+# the stage of one generator call, and the loss of one call's output (``Runner``)
+CALL_STAGES = ("translate",)
+CALL_LOSSES = ("call_loss",)
+
+
+class Runner(Protocol):
+    """How a partition runs the body's stages. ``stage(name)``: the stage as a function.
+    ``each_vjp(name, items)``: the call stage once per item (a tuple of its arguments), a list
+    of outputs, and their pullback (from the list of output cotangents to the list of each
+    item's argument cotangents). ``each_grad(name, loss, items)``: per item (call arguments,
+    loss arguments), the gradient of ``loss(call output, *loss arguments)``: a list of (the
+    loss's terms, argument cotangents), one call's forward and backward before the next."""
+
+    def stage(self, name: str) -> Callable: ...
+
+    def each_vjp(self, name: str, items: list[tuple]) -> tuple[list, Callable[[list], list]]: ...
+
+    def each_grad(self, name: str, loss: str, items: list[tuple[tuple, tuple]]) -> list: ...
 
 
 def learning_rate(hp: Hparams, step) -> jax.Array:
@@ -78,21 +94,18 @@ def _apply(tx, grads, opt_state, params, lr):
     return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
 
 
-def _stack(trees: list) -> Tree:
-    return jax.tree.map(lambda *a: jnp.stack(a), *trees)
-
-
-def _add(*trees: Tree) -> Tree:
+def _summed(trees: list[Tree]) -> Tree:
     return jax.tree.map(lambda *a: sum(a), *trees)
 
 
 class TrainStep:
-    """The step's stages and its body. ``__call__(stage, ...)`` runs the body, taking each
-    stage ``name`` (a key of ``STAGES``, a method of this class) as ``stage(name)``.
+    """The step's stages and its body. ``__call__(run, ...)`` runs the body, each stage through
+    the partition's ``Runner``. Stages are methods of this class: those of ``STAGES`` take
+    global arrays of the whole step, those of ``CALL_STAGES`` one generator call.
 
-    Both generators share one spec (their calls run as one mapped function). With
-    ``with_grads`` the metrics also hold the raw gradients of the global batch mean
-    (``grads['dis']``, ``grads['gen']``), before weight decay and Adam.
+    Both generators share one spec (their calls run as one function). With ``with_grads`` the
+    metrics also hold the raw gradients of the global batch mean (``grads['dis']``,
+    ``grads['gen']``), before weight decay and Adam.
     """
 
     def __init__(
@@ -108,15 +121,10 @@ class TrainStep:
 
     # --- the stages ---------------------------------------------------------------------------
 
-    def translate(self, gen: Tree, real_A: jax.Array, real_B: jax.Array):
-        """((A2B, cam_A2B), (B2A, cam_B2A)) and their pullback to both generators' params."""
-
-        def both(gen_A2B, gen_B2A):
-            params, x = _stack([gen_A2B, gen_B2A]), jnp.stack([real_A, real_B])
-            ys, cams = jax.lax.map(lambda px: self._generator(*px), (params, x))
-            return (ys[0], cams[0]), (ys[1], cams[1])
-
-        return jax.vjp(both, gen["genA2B"], gen["genB2A"])
+    def translate(self, params: Tree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One translation: (image, CAM logits). Its vjp residuals are the convolutions'
+        outputs (all of them recomputed with ``remat``)."""
+        return self._generator(params, x)
 
     def update_discriminators(self, dis, spectral, opt_d, step, real_A, real_B, fakes):
         """The D update on ``fakes`` = ((A2B, cam), (B2A, cam)): (dis, spectral, opt_d,
@@ -147,56 +155,15 @@ class TrainStep:
         (_, (terms, judged)), ct_fakes = jax.value_and_grad(objective, has_aux=True)(fakes)
         return terms, ct_fakes, judged
 
-    def generator_calls(self, gen: Tree, real_A, real_B, fakes):
-        """The four later generator calls (cycles of A2B and B2A, identity calls on A and B),
-        forward and backward one after the other: (their terms, the gradients of each
-        generator's params, the cotangents of A2B and B2A)."""
-        hp, (A2B, _), (B2A, _) = self.hp, *fakes
-        g_A2B, g_B2A = gen["genA2B"], gen["genB2A"]
-        calls = {  # (params, input, target, L1 weight, CAM weight)
-            "cycle_A": (g_B2A, A2B, real_A, hp.cycle_weight, 0.0),
-            "cycle_B": (g_A2B, B2A, real_B, hp.cycle_weight, 0.0),
-            "identity_A": (g_B2A, real_A, real_A, hp.identity_weight, hp.cam_weight),
-            "identity_B": (g_A2B, real_B, real_B, hp.identity_weight, hp.cam_weight),
-        }
+    def call_loss(self, out: tuple[jax.Array, jax.Array], target, l1_weight, cam_weight):
+        """``losses.generator_call_loss`` of a later generator call's output ``out`` (a cycle
+        or an identity call): (loss, (L1, CAM BCE))."""
+        return losses.generator_call_loss(*out, target, l1_weight, cam_weight)
 
-        def one(call):
-            params, x, target, l1_weight, cam_weight = call
-
-            def objective(params, x):
-                y, cam = self._generator(params, x)
-                return losses.generator_call_loss(y, cam, target, l1_weight, cam_weight)
-
-            (_, terms), grads = jax.value_and_grad(objective, (0, 1), has_aux=True)(params, x)
-            return terms, grads
-
-        stacked = tuple(_stack(list(c)) for c in zip(*calls.values()))
-        (l1, bce), (grads, ct_x) = jax.lax.map(one, stacked)
-        terms = {
-            "cycle": l1[0] + l1[1],
-            "identity": l1[2] + l1[3],
-            "cam": bce[2] + bce[3],
-        }
-
-        def call(i: int) -> Tree:
-            return jax.tree.map(lambda g: g[i], grads)
-
-        grads = {"genB2A": _add(call(0), call(2)), "genA2B": _add(call(1), call(3))}
-        return terms, grads, (ct_x[0], ct_x[1])
-
-    def translate_backward(self, pullback, ct_fakes, ct_cycles):
-        """Both generators' gradients through the translations, from the cotangents of the
-        translation losses (``ct_fakes``) plus those of the cycles' inputs (``ct_cycles``)."""
-        (ct_A2B, ct_cam_A2B), (ct_B2A, ct_cam_B2A) = ct_fakes
-        g_A2B, g_B2A = pullback(
-            ((ct_A2B + ct_cycles[0], ct_cam_A2B), (ct_B2A + ct_cycles[1], ct_cam_B2A))
-        )
-        return {"genA2B": g_A2B, "genB2A": g_B2A}
-
-    def update_generators(self, gen, opt_g, step, grads: list, terms: list):
-        """Masked Adam on the summed gradients and the clippers: (gen, opt_g, step, metrics,
-        raw gradients); the G loss and its terms summed over ``terms``."""
-        grads = _add(*grads)
+    def update_generators(self, gen, opt_g, step, grads: dict[str, list], terms: list[dict]):
+        """Masked Adam on each generator's summed ``grads`` and the clippers: (gen, opt_g,
+        step, metrics, raw gradients); each G loss term summed over ``terms``."""
+        grads = {name: _summed(parts) for name, parts in grads.items()}
         lr = learning_rate(self.hp, step + 1)
         tx = optax.masked(optimizer(self.hp), self.model.gen_mask)
         gen, opt_g = _apply(tx, grads, opt_g, gen, lr)
@@ -210,20 +177,40 @@ class TrainStep:
 
     # --- the body -------------------------------------------------------------------------------
 
-    def __call__(self, stage: Callable[[str], Callable], state: Tree, face_state, real_A, real_B):
-        gen = state["gen"]
-        fakes, pullback = stage("translate")(gen, real_A, real_B)
-        dis, spectral, opt_d, d_metrics, d_grads = stage("update_discriminators")(
+    def __call__(self, run: Runner, state: Tree, face_state, real_A, real_B):
+        gen, hp = state["gen"], self.hp
+        g_A2B, g_B2A = gen["genA2B"], gen["genB2A"]
+        fakes, pullback = run.each_vjp("translate", [(g_A2B, real_A), (g_B2A, real_B)])
+        (A2B, _), (B2A, _) = fakes
+        dis, spectral, opt_d, d_metrics, d_grads = run.stage("update_discriminators")(
             state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, fakes
         )
-        t_terms, ct_fakes, judged = stage("translation_losses")(
+        t_terms, ct_fakes, judged = run.stage("translation_losses")(
             dis, spectral, face_state, real_A, real_B, fakes
         )
-        c_terms, c_grads, ct_cycles = stage("generator_calls")(gen, real_A, real_B, fakes)
-        t_grads = stage("translate_backward")(pullback, ct_fakes, ct_cycles)
+        cycle_A, cycle_B, identity_A, identity_B = run.each_grad(
+            "translate",
+            "call_loss",
+            [
+                ((g_B2A, A2B), (real_A, hp.cycle_weight, 0.0)),
+                ((g_A2B, B2A), (real_B, hp.cycle_weight, 0.0)),
+                ((g_B2A, real_A), (real_A, hp.identity_weight, hp.cam_weight)),
+                ((g_A2B, real_B), (real_B, hp.identity_weight, hp.cam_weight)),
+            ],
+        )
+        (ct_A2B, ct_cam_A2B), (ct_B2A, ct_cam_B2A) = ct_fakes
+        (back_A2B, _), (back_B2A, _) = pullback(
+            [(ct_A2B + cycle_A[1][1], ct_cam_A2B), (ct_B2A + cycle_B[1][1], ct_cam_B2A)]
+        )
         del pullback  # frees the translations' residuals before the update
-        gen, opt_g, step, g_metrics, g_grads = stage("update_generators")(
-            gen, state["opt_g"], state["step"], [t_grads, c_grads], [t_terms, c_terms]
+        grads = {
+            "genA2B": [back_A2B, cycle_B[1][0], identity_B[1][0]],
+            "genB2A": [back_B2A, cycle_A[1][0], identity_A[1][0]],
+        }
+        terms = [t_terms, {"cycle": cycle_A[0][0]}, {"cycle": cycle_B[0][0]}]
+        terms += [{"identity": c[0][0], "cam": c[0][1]} for c in (identity_A, identity_B)]
+        gen, opt_g, step, g_metrics, g_grads = run.stage("update_generators")(
+            gen, state["opt_g"], state["step"], grads, terms
         )
         new_state = {
             "step": step,
