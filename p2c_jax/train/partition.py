@@ -5,11 +5,11 @@
   generator calls of a call stage run as one ``lax.map``, so the program holds the generator
   twice (the translations, the later calls), not six times.
 - ``Staged``: each stage its own cached ``jax.jit``, a call stage's forward and backward
-  passes programs called once per generator call, for XLA:CPU: there the fused step's first compile costs about 2.8x the
-  stages', and a generator's backward pass inside a loop runs 4-5x slower than outside one
-  (docs/benchmarks.md). Each step ends by giving the C heap's free pages back to the system
-  (``malloc_trim``: on CPU the device buffers live there, and glibc keeps freed pages
-  resident).
+  passes programs called once per generator call, for XLA:CPU: there the fused step's first
+  compile costs more than the stages', and a generator's backward pass inside a loop runs
+  several times slower than outside one (docs/benchmarks.md). Each step ends by giving the C
+  heap's free pages back to the system (``malloc_trim``: on CPU the device buffers live there,
+  and glibc keeps freed pages resident).
 
 Both compute the same step on global arrays: XLA inserts the reductions of gradients and
 metrics over devices and hosts. ``make_step`` picks one from the mesh's devices.
@@ -96,10 +96,6 @@ def _find_malloc_trim() -> Callable | None:
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-def _vjp(call: Callable, *args):
-    return jax.vjp(call, *args)
-
-
 def _grad_of_output(loss: Callable, out, *loss_args):
     (_, terms), ct = jax.value_and_grad(lambda o: loss(o, *loss_args), has_aux=True)(out)
     return terms, ct
@@ -119,7 +115,7 @@ class Staged:
             for name, donate in STAGES.items()
         }
         self.forwards = {
-            name: jax.jit(functools.partial(_vjp, getattr(step, name))) for name in CALL_STAGES
+            name: jax.jit(functools.partial(jax.vjp, getattr(step, name))) for name in CALL_STAGES
         }
         self.backward = jax.jit(lambda pullback, ct: pullback(ct))
         self.loss_grads = {

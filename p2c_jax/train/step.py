@@ -188,6 +188,7 @@ class TrainStep:
         t_terms, ct_fakes, judged = run.stage("translation_losses")(
             dis, spectral, face_state, real_A, real_B, fakes
         )
+        # per call: ((L1, CAM BCE), (gradient of its params, cotangent of its input))
         cycle_A, cycle_B, identity_A, identity_B = run.each_grad(
             "translate",
             "call_loss",
@@ -198,17 +199,26 @@ class TrainStep:
                 ((g_A2B, real_B), (real_B, hp.identity_weight, hp.cam_weight)),
             ],
         )
+        ((l1_cycle_A, _), (grad_cycle_A, ct_cycle_A)) = cycle_A
+        ((l1_cycle_B, _), (grad_cycle_B, ct_cycle_B)) = cycle_B
+        ((l1_identity_A, cam_A), (grad_identity_A, _)) = identity_A
+        ((l1_identity_B, cam_B), (grad_identity_B, _)) = identity_B
         (ct_A2B, ct_cam_A2B), (ct_B2A, ct_cam_B2A) = ct_fakes
         (back_A2B, _), (back_B2A, _) = pullback(
-            [(ct_A2B + cycle_A[1][1], ct_cam_A2B), (ct_B2A + cycle_B[1][1], ct_cam_B2A)]
+            [(ct_A2B + ct_cycle_A, ct_cam_A2B), (ct_B2A + ct_cycle_B, ct_cam_B2A)]
         )
         del pullback  # frees the translations' residuals before the update
         grads = {
-            "genA2B": [back_A2B, cycle_B[1][0], identity_B[1][0]],
-            "genB2A": [back_B2A, cycle_A[1][0], identity_A[1][0]],
+            "genA2B": [back_A2B, grad_cycle_B, grad_identity_B],
+            "genB2A": [back_B2A, grad_cycle_A, grad_identity_A],
         }
-        terms = [t_terms, {"cycle": cycle_A[0][0]}, {"cycle": cycle_B[0][0]}]
-        terms += [{"identity": c[0][0], "cam": c[0][1]} for c in (identity_A, identity_B)]
+        terms = [
+            t_terms,
+            {"cycle": l1_cycle_A},
+            {"cycle": l1_cycle_B},
+            {"identity": l1_identity_A, "cam": cam_A},
+            {"identity": l1_identity_B, "cam": cam_B},
+        ]
         gen, opt_g, step, g_metrics, g_grads = run.stage("update_generators")(
             gen, state["opt_g"], state["step"], grads, terms
         )
