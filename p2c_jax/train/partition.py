@@ -96,13 +96,44 @@ def _find_malloc_trim() -> Callable | None:
 _MALLOC_TRIM = _find_malloc_trim()
 
 
-def _grad_of_output(loss: Callable, out, *loss_args):
+def _method(name: str, step: TrainStep, *args):
+    return getattr(step, name)(*args)
+
+
+def _vjp_of(name: str, step: TrainStep, *args):
+    return jax.vjp(getattr(step, name), *args)
+
+
+def _grad_of_output(name: str, step: TrainStep, out, *loss_args):
+    loss = getattr(step, name)
     (_, terms), ct = jax.value_and_grad(lambda o: loss(o, *loss_args), has_aux=True)(out)
     return terms, ct
 
 
+def _programs(fn: Callable, donated: dict[str, tuple[int, ...]]) -> dict[str, Callable]:
+    """``fn(name, step, ...)`` jitted per name, ``step`` static, donating ``donated[name]`` (of
+    the arguments after ``step``): steps that compare equal (``TrainStep.__eq__``) share jax's
+    cache of traced and compiled programs, so a second run in one process neither traces nor
+    compiles again."""
+    return {
+        name: jax.jit(
+            functools.partial(fn, name),
+            static_argnums=0,
+            donate_argnums=tuple(i + 1 for i in donate),
+        )
+        for name, donate in donated.items()
+    }
+
+
+_STAGE_PROGRAMS = _programs(_method, STAGES)
+_FORWARDS = _programs(_vjp_of, dict.fromkeys(CALL_STAGES, ()))
+_LOSS_GRADS = _programs(_grad_of_output, dict.fromkeys(CALL_LOSSES, ()))
+_BACKWARD = jax.jit(lambda pullback, ct: pullback(ct))
+
+
 class Staged:
-    """The step as one program per stage, each compiled once, donating what ``STAGES`` says.
+    """The step as one program per stage, each compiled once per process (``_programs``),
+    donating what ``STAGES`` says.
     A call stage is two programs, its forward pass with the vjp and the vjp's backward pass,
     each run once per call; ``each_grad`` runs them around a third, the loss's gradient. The
     inputs are placed as for ``Fused``; XLA propagates their shardings. It is the
@@ -110,36 +141,24 @@ class Staged:
 
     def __init__(self, step: TrainStep, mesh: Mesh):
         self.step = step
-        self.programs = {
-            name: jax.jit(getattr(step, name), donate_argnums=donate)
-            for name, donate in STAGES.items()
-        }
-        self.forwards = {
-            name: jax.jit(functools.partial(jax.vjp, getattr(step, name))) for name in CALL_STAGES
-        }
-        self.backward = jax.jit(lambda pullback, ct: pullback(ct))
-        self.loss_grads = {
-            name: jax.jit(functools.partial(_grad_of_output, getattr(step, name)))
-            for name in CALL_LOSSES
-        }
 
     def stage(self, name: str) -> Callable:
-        return self.programs[name]
+        return functools.partial(_STAGE_PROGRAMS[name], self.step)
 
     def each_vjp(self, name: str, items: list[tuple]) -> tuple[list, Callable[[list], list]]:
-        outs, pullbacks = zip(*(self.forwards[name](*item) for item in items))
+        outs, pullbacks = zip(*(_FORWARDS[name](self.step, *item) for item in items))
 
         def pullback(cts: list) -> list:
-            return [self.backward(p, ct) for p, ct in zip(pullbacks, cts)]
+            return [_BACKWARD(p, ct) for p, ct in zip(pullbacks, cts)]
 
         return list(outs), pullback
 
     def each_grad(self, name: str, loss: str, items: list[tuple[tuple, tuple]]) -> list:
         results = []
         for args, loss_args in items:
-            out, pullback = self.forwards[name](*args)
-            terms, ct = self.loss_grads[loss](out, *loss_args)
-            results.append((terms, self.backward(pullback, ct)))
+            out, pullback = _FORWARDS[name](self.step, *args)
+            terms, ct = _LOSS_GRADS[loss](self.step, out, *loss_args)
+            results.append((terms, _BACKWARD(pullback, ct)))
             del out, pullback  # one call's residuals at a time
         return results
 

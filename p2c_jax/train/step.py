@@ -105,7 +105,8 @@ class TrainStep:
 
     Both generators share one spec (their calls run as one function). With ``with_grads`` the
     metrics also hold the raw gradients of the global batch mean (``grads['dis']``,
-    ``grads['gen']``), before weight decay and Adam.
+    ``grads['gen']``), before weight decay and Adam. Steps of equal model, hyper-parameters and
+    options compute the same stages, so they compare equal: a static argument of ``jax.jit``.
     """
 
     def __init__(
@@ -114,10 +115,17 @@ class TrainStep:
         if model.specs["genA2B"] != model.specs["genB2A"]:
             raise ValueError("the step runs both generators as one function: they need one spec")
         self.model, self.hp, self.with_grads = model, hp, with_grads
+        self._key = (model, hp, remat, with_grads)
         policy = None if remat else jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
         self._generator = jax.checkpoint(
             functools.partial(model.generator, "genA2B"), policy=policy
         )
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TrainStep) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
 
     # --- the stages ---------------------------------------------------------------------------
 

@@ -101,15 +101,21 @@ def straight(dataset, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
-def test_resume_continues_exactly(dataset, straight, tmp_path):
-    """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included)."""
-    with _preempted_after(2):
+def test_resume_continues_exactly(dataset, straight, tmp_path, caplog):
+    """4 steps straight equal 2 steps, stop, resume, 2 steps (lr decay from step 3 included).
+    The runs after the first in this process compile nothing: their steps compare equal, so
+    they find the staged programs in jax's cache, and the restored state is placed as a fresh
+    one."""
+    with _preempted_after(2), jax.log_compiles(), caplog.at_level("WARNING"):
         assert trainer.train(_config(dataset, tmp_path / "split")) == 2
     assert sorted(os.listdir(tmp_path / "split" / "checkpoints")) == ["2"]
     with pytest.raises(trainer.TrainError, match="--resume true"):
         trainer.train(_config(dataset, tmp_path / "split"))
-    assert trainer.train(_config(dataset, tmp_path / "split", resume=True)) == 4
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        assert trainer.train(_config(dataset, tmp_path / "split", resume=True)) == 4
     _assert_same_arrays(straight[4], _final(tmp_path / "split"))
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
+    assert not compiled, compiled
 
 
 @pytest.mark.slow
