@@ -73,11 +73,11 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     from p2c_jax.eval.evaluator import quantize
     from p2c_jax.inference import forward
     from p2c_jax.nn.models import training_specs
-    from p2c_jax.train.evaluation import _test_uint8
+    from p2c_jax.train.evaluation import held_out_uint8
     from p2c_jax.train.state import fresh_nets
     from p2c_jax.weights.checkpoint import CHECKPOINTS, load_nets
 
-    photos = _test_uint8(data, "A", args.img_size, 8)
+    photos = held_out_uint8(data, "A", args.img_size, 8)
     spec = training_specs(args.ch, args.img_size, True)["genA2B"]
     run = forward(spec)
     out = {}

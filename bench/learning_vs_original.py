@@ -196,13 +196,13 @@ def score_all(args, data: Path, work: Path) -> dict:
     from p2c_jax.eval.evaluator import Evaluator
     from p2c_jax.eval.inception_weights import load_inception
     from p2c_jax.nn.models import training_specs
-    from p2c_jax.train.evaluation import _test_uint8
+    from p2c_jax.train.evaluation import held_out_uint8
     from p2c_jax.train.state import fresh_nets
     from p2c_jax.weights.checkpoint import CHECKPOINTS, load_nets
     from p2c_jax.weights.convert import state_from_torch
 
     weights = load_inception(args.inception or None)
-    photos, cartoons = (_test_uint8(data, d, args.img_size, 0) for d in "AB")
+    photos, cartoons = (held_out_uint8(data, d, args.img_size, 0) for d in "AB")
     reference = features.reference_of(cartoons, features.FeatureExtractor(weights))
     evaluator = Evaluator(weights, photos, reference)
     specs = training_specs(args.ch, args.img_size, True)

@@ -26,3 +26,14 @@ pytest_plugins = ["helpers.gcs"]  # the fake GCS server fixtures
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """An original-format ``photo2cartoon_weights.pt`` of small perturbed nets (ngf 8); modules
+    that need other weights define their own ``weights``."""
+    from helpers.reference import make_weights  # torch: imported by the tests that use it
+
+    path = tmp_path_factory.mktemp("weights") / "photo2cartoon_weights.pt"
+    make_weights(path, ngf=8)
+    return path

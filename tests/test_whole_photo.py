@@ -21,7 +21,6 @@ from helpers.faces import (
     soft_mask,
     synthetic_photo,
 )
-from helpers.reference import make_weights
 from PIL import Image
 
 from p2c_jax import whole_photo
@@ -36,13 +35,6 @@ from preprocessing.pipeline import Preprocessor
 needs_dlib = ci_required.needs_dlib()
 TOLERANCE = 3  # grey levels: two bilinear warps of the same cartoon, computed differently
 ARGS = ["--whole_photo", "--save_faces", "--batch_size", "2", "--workers", "1", "--no_progress"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "photo2cartoon_weights.pt"
-    make_weights(path, ngf=8)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def _split_size(dataset_dir, split: str) -> int:
     return len(input_pipeline.list_images(Path(dataset_dir) / split))
 
 
-def _test_uint8(dataset_dir, domain: str, img_size: int, count: int) -> np.ndarray:
+def held_out_uint8(dataset_dir, domain: str, img_size: int, count: int) -> np.ndarray:
     """The first ``count`` (0: all) test images of a domain at ``img_size``, uint8 (the test
     transform's image before its conversion to [-1, 1], which is exact to invert)."""
     n = _split_size(dataset_dir, f"test{domain}")
@@ -136,8 +136,8 @@ class TrainingEvaluator:
                 log(f"warning: no identity similarity (dlib unusable: {e}); pass --faceid_weights")
                 identity = None
         count = getattr(cfg, "eval_count", 0)
-        photos = _test_uint8(dataset_dir, "A", cfg.img_size, count)
-        cartoons = _test_uint8(dataset_dir, "B", cfg.img_size, count)
+        photos = held_out_uint8(dataset_dir, "A", cfg.img_size, count)
+        cartoons = held_out_uint8(dataset_dir, "B", cfg.img_size, count)
         eval_dir = paths.as_path(workdir) / EVAL_DIR
         is_main = jax.process_index() == 0
         if is_main:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from helpers.ci_required import missing
 from helpers.faces import StubLandmarker, soft_mask, synthetic_photo
-from helpers.reference import make_weights
 from PIL import Image
 
 from p2c_jax.inference import load_generator
@@ -91,12 +90,10 @@ def chrome(user_data_dir: Path):
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-def test_page_in_chromium(tmp_path, monkeypatch):
+def test_page_in_chromium(tmp_path, monkeypatch, weights):
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never look for downloads
     driver = chrome(tmp_path / "chromium-profile")
     try:
-        weights = tmp_path / "w.pt"
-        make_weights(weights, ngf=8)
         engine = Buckets(load_generator(weights), max_batch=1)
         app = create_app(engine, lambda: Preprocessor(StubLandmarker(), soft_mask, all_faces=True))
         photo = tmp_path / "portrait.jpg"

@@ -12,7 +12,6 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,6 @@ from helpers.faces import (
     soft_mask,
     synthetic_photo,
 )
-from helpers.reference import make_weights
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -42,13 +40,6 @@ needs_dlib = ci_required.needs_dlib()
 
 def stub_preprocessor() -> Preprocessor:
     return Preprocessor(StubLandmarker(), soft_mask, all_faces=True)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "photo2cartoon_weights.pt"
-    make_weights(path, ngf=8)
-    return path
 
 
 @pytest.fixture(scope="module")
