@@ -59,23 +59,23 @@ def trainable_mask(spec: NetSpec) -> Tree:
 class TrainModel:
     """The six nets of ``models.TRAINING_NETS`` (and the frozen face-ID net) as pure functions of
     their params, computing in ``numerics``. ``specs`` maps each net to its ``NetSpec``. Models
-    of equal specs, face-ID spec and numerics compute the same functions, so they compare equal
-    (``key``): a static argument of ``jax.jit``."""
+    of equal specs, face-ID spec and numerics compute the same functions, so they compare equal:
+    a static argument of ``jax.jit``."""
 
     def __init__(
         self, specs: dict[str, NetSpec], face: FaceID | None = None, numerics: Numerics = FLOAT32
     ):
         self.specs, self.face, self.numerics = dict(specs), face, numerics
         face_spec = face.spec if face is not None else None
-        self.key = (tuple(sorted(self.specs.items())), face_spec, numerics)
+        self._key = (tuple(sorted(self.specs.items())), face_spec, numerics)
         self.graphdefs = {n: graphdef(s, numerics) for n, s in self.specs.items()}
         self.gen_mask = {n: trainable_mask(self.specs[n]) for n in GENERATORS}
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, TrainModel) and self.key == other.key
+        return isinstance(other, TrainModel) and self._key == other._key
 
     def __hash__(self) -> int:
-        return hash(self.key)
+        return hash(self._key)
 
     def generator(self, name: str, params: Tree, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(image, CAM logit) of generator ``name`` on ``x``."""

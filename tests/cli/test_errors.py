@@ -365,7 +365,6 @@ def test_interrupted_training_exits_128_plus_the_signal(tmp_path) -> None:
     """Stopped by Ctrl-C (SIGINT) after its first step: the step is saved, and the exit status,
     130, says the run did not finish (so ``p2c-train ... && p2c-export ...`` stops). SIGTERM's
     143: ``tests/train/test_loop.py``'s test of train.py."""
-    sig, code = signal.SIGINT, 130
     workdir = tmp_path / "run"
     argv = ["--dataset", "demo", "--img_size", "96", "--ch", "4", "--iteration", "100000"]
     argv += ["--faceid_weight", "0", "--log_every", "1", "--progress", "false"]
@@ -382,10 +381,10 @@ def test_interrupted_training_exits_128_plus_the_signal(tmp_path) -> None:
             seen.append(line)
             if line.startswith("["):
                 break
-        proc.send_signal(sig)
+        proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=600)
     finally:
         proc.kill()
-    assert proc.returncode == code, "".join(seen) + rest
+    assert proc.returncode == 128 + signal.SIGINT == 130, "".join(seen) + rest
     steps = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps, "".join(seen) + rest
