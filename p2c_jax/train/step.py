@@ -134,9 +134,9 @@ class TrainStep:
         outputs (all of them recomputed with ``remat``)."""
         return self._generator(params, x)
 
-    def update_discriminators(self, dis, spectral, opt_d, step, real_A, real_B, fakes):
-        """The D update on ``fakes`` = ((A2B, cam), (B2A, cam)): (dis, spectral, opt_d,
-        metrics, raw gradients)."""
+    def update_discriminators(self, dis, spectral, opt_d, lr, real_A, real_B, fakes):
+        """The D update at learning rate ``lr`` on ``fakes`` = ((A2B, cam), (B2A, cam)): (dis,
+        spectral, opt_d, metrics, raw gradients)."""
         images = (fakes[0][0], fakes[1][0])
 
         def objective(dis, spectral):
@@ -147,7 +147,6 @@ class TrainStep:
         (loss, (terms, spectral)), grads = jax.value_and_grad(objective, has_aux=True)(
             dis, spectral
         )
-        lr = learning_rate(self.hp, step + 1)
         dis, opt_d = _apply(optimizer(self.hp), grads, opt_d, dis, lr)
         return dis, spectral, opt_d, {"d_loss": loss, **terms}, grads
 
@@ -168,11 +167,11 @@ class TrainStep:
         or an identity call): (loss, (L1, CAM BCE))."""
         return losses.generator_call_loss(*out, target, l1_weight, cam_weight)
 
-    def update_generators(self, gen, opt_g, step, grads: dict[str, list], terms: list[dict]):
-        """Masked Adam on each generator's summed ``grads`` and the clippers: (gen, opt_g,
-        step, metrics, raw gradients); each G loss term summed over ``terms``."""
+    def update_generators(self, gen, opt_g, step, lr, grads: dict[str, list], terms: list[dict]):
+        """Masked Adam at learning rate ``lr`` on each generator's summed ``grads`` and the
+        clippers: (gen, opt_g, step + 1, metrics, raw gradients); each G loss term summed over
+        ``terms``."""
         grads = {name: _summed(parts) for name, parts in grads.items()}
-        lr = learning_rate(self.hp, step + 1)
         tx = optax.masked(optimizer(self.hp), self.model.gen_mask)
         gen, opt_g = _apply(tx, grads, opt_g, gen, lr)
         parts = {k: sum(t[k] for t in terms if k in t) for k in losses.G_TERMS}
@@ -187,11 +186,14 @@ class TrainStep:
 
     def __call__(self, run: Runner, state: Tree, face_state, real_A, real_B):
         gen, hp = state["gen"], self.hp
+        # an input of the updates, not a constant of their programs: runs of other schedules
+        # (--iteration, --lr) share them
+        lr = learning_rate(hp, state["step"] + 1)
         g_A2B, g_B2A = gen["genA2B"], gen["genB2A"]
         fakes, pullback = run.each_vjp("translate", [(g_A2B, real_A), (g_B2A, real_B)])
         (A2B, _), (B2A, _) = fakes
         dis, spectral, opt_d, d_metrics, d_grads = run.stage("update_discriminators")(
-            state["dis"], state["spectral"], state["opt_d"], state["step"], real_A, real_B, fakes
+            state["dis"], state["spectral"], state["opt_d"], lr, real_A, real_B, fakes
         )
         t_terms, ct_fakes, judged = run.stage("translation_losses")(
             dis, spectral, face_state, real_A, real_B, fakes
@@ -228,7 +230,7 @@ class TrainStep:
             {"identity": l1_identity_B, "cam": cam_B},
         ]
         gen, opt_g, step, g_metrics, g_grads = run.stage("update_generators")(
-            gen, state["opt_g"], state["step"], grads, terms
+            gen, state["opt_g"], state["step"], lr, grads, terms
         )
         new_state = {
             "step": step,
