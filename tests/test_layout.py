@@ -127,7 +127,7 @@ def test_training_functions_are_short():
 # torch side, is outside the order (its own rules are the tests above).
 LAYERS = (
     ("preprocessing",),
-    ("paths", "parallel"),
+    ("paths", "parallel", "topology", "aot"),
     ("nn",),
     ("weights",),
     ("data",),
