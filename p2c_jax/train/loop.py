@@ -223,7 +223,7 @@ class Run:
     log: Callable[[str], None]
 
 
-def _checked(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
+def checked_specs(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
     """The six nets' specs, once the flags that need no file are checked."""
     try:
         Numerics(cfg.precision)
@@ -281,7 +281,7 @@ def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
     is_main = jax.process_index() == 0
     log = log or (lambda msg: print(msg, flush=True) if is_main else None)
     mesh = mesh or make_mesh()
-    specs = _checked(cfg, mesh)
+    specs = checked_specs(cfg, mesh)
     face = _load_face(cfg)
     try:
         dataset_dir = input_pipeline.resolve_dataset(cfg.dataset)
