@@ -66,10 +66,11 @@ class CompiledStep:
     compile_seconds: float
 
 
-def compile_step(cfg: Config, mesh: Mesh) -> CompiledStep:
+def compile_step(cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = None) -> CompiledStep:
     """Lower and compile ``cfg``'s training step for ``mesh`` from shapes, as ``loop.setup``
-    builds it (same checks, numerics, step and shardings)."""
-    specs = checked_specs(cfg, mesh)
+    builds it (same checks, numerics, step and shardings); ``specs`` replaces the six nets
+    that ``cfg`` builds (smaller discriminators compile faster)."""
+    specs = checked_specs(cfg, mesh, specs)
     face = _face(cfg)
     devices = list(mesh.devices.flat)
     model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
