@@ -233,8 +233,19 @@ class PReLU(nnx.Module):
 
 def pad_hw(x: jax.Array, n: int, mode: str = "constant") -> jax.Array:
     """``x`` NHWC padded by ``n`` on both sides of H and W (``jnp.pad`` modes: zeros,
-    "reflect" like ``nn.ReflectionPad2d``, "edge")."""
-    return jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode=mode)
+    "reflect" like ``nn.ReflectionPad2d``, "edge").
+
+    "edge" repeats the edge rows and columns itself: ``jnp.pad``'s edge mode slices every
+    axis, the batch too, and the gradient of that slice pads the batch axis, which a
+    batch-sharded step turns into cross-chip transfers (docs/tpu.md)."""
+    if mode != "edge":
+        return jnp.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode=mode)
+    for axis in (1, 2):
+        size = x.shape[axis]
+        first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+        last = jax.lax.slice_in_dim(x, size - 1, size, axis=axis)
+        x = jnp.concatenate([first] * n + [x] + [last] * n, axis=axis)
+    return x
 
 
 def reflection_pad(n: int) -> Callable[[jax.Array], jax.Array]:

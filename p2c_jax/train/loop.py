@@ -223,8 +223,11 @@ class Run:
     log: Callable[[str], None]
 
 
-def _checked(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
-    """The six nets' specs, once the flags that need no file are checked."""
+def checked_specs(
+    cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = None
+) -> dict[str, NetSpec]:
+    """The six nets' specs (those of ``--ch --img_size --light``, else ``specs``), once the
+    flags that need no file are checked."""
     try:
         Numerics(cfg.precision)
     except ValueError as e:
@@ -236,7 +239,7 @@ def _checked(cfg: Config, mesh: Mesh) -> dict[str, NetSpec]:
             f"--batch_size {cfg.batch_size} is the global batch: it must be a positive "
             f"multiple of the {mesh.size} devices"
         )
-    specs = training_specs(cfg.ch, cfg.img_size, cfg.light)
+    specs = specs or training_specs(cfg.ch, cfg.img_size, cfg.light)
     _check_img_size(specs, cfg.img_size)
     return specs
 
@@ -281,7 +284,7 @@ def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
     is_main = jax.process_index() == 0
     log = log or (lambda msg: print(msg, flush=True) if is_main else None)
     mesh = mesh or make_mesh()
-    specs = _checked(cfg, mesh)
+    specs = checked_specs(cfg, mesh)
     face = _load_face(cfg)
     try:
         dataset_dir = input_pipeline.resolve_dataset(cfg.dataset)

@@ -13,6 +13,7 @@ from p2c_jax.nn.layers import (
     Conv2d,
     SNConv2d,
     conv2d,
+    pad_hw,
     reflection_pad,
     upsample2x,
     upsample_pad_conv3x3,
@@ -43,6 +44,33 @@ def test_upsample_pad_conv3x3(shape):
     got = upsample_pad_conv3x3(x, k, CPU_FORMS)
     assert got.shape == (shape[0], 2 * shape[1], 2 * shape[2], 6)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4, rtol=1e-5)
+
+
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs inside it (``jit``'s, ...)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+@pytest.mark.parametrize("mode", ["edge", "reflect", "constant"])
+def test_pad_hw_and_its_gradient_leave_the_batch_axis_alone(mode):
+    """``jnp.pad``'s values, and no slice or pad of the batch axis in the forward or backward
+    pass: under a batch-sharded step those become cross-chip transfers (docs/tpu.md)."""
+    x = np.random.default_rng(1).standard_normal((3, 5, 4, 2)).astype(np.float32)
+    for n in (1, 2):
+        want = np.pad(x, ((0, 0), (n, n), (n, n), (0, 0)), mode=mode)
+        np.testing.assert_array_equal(np.asarray(pad_hw(x, n, mode)), want)
+    grad = jax.make_jaxpr(jax.grad(lambda x: (pad_hw(x, 1, mode) ** 2).sum()))(x)
+    for eqn in _equations(grad.jaxpr):
+        if eqn.primitive.name == "pad":
+            assert tuple(eqn.params["padding_config"][0]) == (0, 0, 0), eqn
+        if eqn.primitive.name == "slice":
+            assert eqn.params["start_indices"][0] == 0, eqn
+            assert eqn.params["limit_indices"][0] == x.shape[0], eqn
 
 
 @pytest.mark.parametrize(

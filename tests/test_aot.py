@@ -1,0 +1,82 @@
+"""Costs of compiled programs read ahead of time: collectives and FLOPs counted per loop
+iteration, checked against programs whose counts are known by construction."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from helpers.ci_required import needs
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from p2c_jax import aot, topology
+from p2c_jax.parallel import make_mesh
+
+
+def test_shape_bytes_of_arrays_tuples_and_tiles():
+    assert aot.shape_bytes("f32[8,3]{1,0}") == 96
+    assert aot.shape_bytes("(bf16[4]{0}, s32[], pred[2])") == 8 + 4 + 2
+    # a TPU tile pads the most minor dimension (3) to 128 lanes and the next (0) to 1
+    assert aot.shape_bytes("f32[1,32,32,4]{3,0,2,1:T(1,128)S(1)}", padded=True) == 32 * 32 * 128 * 4
+    assert aot.shape_bytes("f32[3,64,32]{1,2,0:T(8,128)}", padded=True) == 3 * 128 * 32 * 4
+
+
+def test_roofline_is_the_slower_of_compute_and_memory():
+    assert aot.roofline_seconds(2e12, 1e9, 1e12, 1e12) == 2.0
+    assert aot.roofline_seconds(1e9, 3e12, 1e12, 1e12) == 3.0
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return make_mesh(topology.devices("v5e-4"))
+
+
+M, K, N, ITEMS = 64, 256, 128, 3  # batch (4 chips x 16), in, out, loop iterations
+
+
+def _compiled(mesh, loop: bool):
+    """A gradient per item (``lax.map`` or a Python loop): ITEMS matmuls forward and
+    backward on a replicated weight, the batch split over 4 chips."""
+    rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def grads(w, x):
+        def one(k):
+            return jax.grad(lambda w: jnp.sum((x * k) @ w))(w)
+
+        ks = jnp.arange(1, ITEMS + 1, dtype=jnp.float32)
+        stacked = jax.lax.map(one, ks) if loop else jnp.stack([one(k) for k in ks])
+        return w - stacked.sum(0), jnp.mean(x)
+
+    w = jax.ShapeDtypeStruct((K, N), jnp.float32, sharding=rep)
+    x = jax.ShapeDtypeStruct((M, K), jnp.float32, sharding=dat)
+    return jax.jit(grads, out_shardings=(rep, rep), donate_argnums=0).lower(w, x).compile()
+
+
+@needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
+def test_loop_collectives_and_flops_count_every_iteration(mesh):
+    compiled = _compiled(mesh, loop=True)
+    program = aot.Program(compiled.as_text())
+    assert program.unknown_trip_counts == 0
+    reduced = {c.kind: c for c in program.collectives()}
+    # each iteration's weight gradient (K x N float32) and the mean of x, over the chips
+    assert set(reduced) == {"all-reduce"}
+    assert reduced["all-reduce"].bytes == ITEMS * K * N * 4 + 4
+    # the weight gradient of (x k) @ w: x^T @ ones, M/4 x K x N multiply-adds per chip
+    products = 2 * (M // 4) * K * N
+    assert program.flops() == ITEMS * products
+    assert program.flops(repeats=True) == (ITEMS - 1) * products
+    # XLA's figure counts the loop's body once; per call counts it ITEMS times
+    cost = program.per_call(aot.cost(compiled))
+    assert cost["flops"] == pytest.approx(ITEMS * products, rel=0.05)
+
+
+@needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
+def test_counts_agree_with_xla_where_there_is_no_loop(mesh):
+    compiled = _compiled(mesh, loop=False)
+    program, xla = aot.Program(compiled.as_text()), aot.cost(compiled)
+    assert "while(" not in compiled.as_text()
+    assert program.flops() == pytest.approx(xla["flops"], rel=0.05)
+    assert program.bytes_accessed() == pytest.approx(xla["bytes accessed"], rel=0.15)
+    assert program.per_call(xla) == {k: xla[k] for k in ("flops", "bytes accessed")}
+    assert aot.memory(compiled).aliased == K * N * 4
