@@ -53,6 +53,7 @@ def _compiled(mesh, loop: bool):
     return jax.jit(grads, out_shardings=(rep, rep), donate_argnums=0).lower(w, x).compile()
 
 
+@pytest.mark.tpu
 @needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
 def test_loop_collectives_and_flops_count_every_iteration(mesh):
     compiled = _compiled(mesh, loop=True)
@@ -71,6 +72,7 @@ def test_loop_collectives_and_flops_count_every_iteration(mesh):
     assert cost["flops"] == pytest.approx(ITEMS * products, rel=0.05)
 
 
+@pytest.mark.tpu
 @needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
 def test_counts_agree_with_xla_where_there_is_no_loop(mesh):
     compiled = _compiled(mesh, loop=False)

@@ -37,6 +37,7 @@ def test_unknown_name_lists_the_known_ones(bad):
     assert "v5e-16" in str(e.value) and "v4-8" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.tpu
 @needs("libtpu", reason="the TPU extra: libtpu describes a slice's devices")
 @pytest.mark.parametrize("name", ["v4-8", "v5e-16", "v5p-128", "v6e-64"])
 def test_devices_are_one_per_chip_on_their_hosts(name):
@@ -48,6 +49,7 @@ def test_devices_are_one_per_chip_on_their_hosts(name):
     assert topology.chip(devices).name == name.split("-")[0].replace("v5litepod", "v5e")
 
 
+@pytest.mark.tpu
 @needs("libtpu", reason="the TPU extra: libtpu describes a slice's devices")
 def test_slices_multiply_the_devices():
     devices = topology.devices("v5e-4", num_slices=2)

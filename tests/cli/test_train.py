@@ -36,6 +36,7 @@ def test_without_libtpu_names_the_install(tmp_path, capsys, monkeypatch):
     assert topology.TPU_EXTRA in err and 'pip install "jax[tpu]==' in err
 
 
+@pytest.mark.tpu
 @needs("libtpu", reason="the TPU extra: the slice's devices come from libtpu")
 @pytest.mark.parametrize("batch", ["3", "6"])
 def test_batch_must_split_over_the_chips(batch, tmp_path, capsys):

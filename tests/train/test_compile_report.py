@@ -25,6 +25,7 @@ from p2c_jax.train.partition import Fused
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.tpu,
     needs("libtpu", reason="the TPU extra: compiling for a TPU slice"),
 ]
 
