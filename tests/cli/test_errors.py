@@ -361,6 +361,7 @@ def test_train_has_the_compile_cache_flag() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trainer")  # the loop tests' nets: their programs from the cache
 def test_interrupted_training_exits_128_plus_the_signal(tmp_path) -> None:
     """Stopped by Ctrl-C (SIGINT) after its first step: the step is saved, and the exit status,
     130, says the run did not finish (so ``p2c-train ... && p2c-export ...`` stops). SIGTERM's

@@ -96,12 +96,13 @@ def test_bfloat16_generator_psnr_on_faces_and_aligned_photos(data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("trainer")  # on the loop tests' worker: their programs, compiled once
 def test_ten_bfloat16_steps_stay_near_float32():
     """Ten training steps from the same weights and batches, float32 against bfloat16 (the
     staged step with the XLA:CPU convolution forms, Face-ID off), at the training loop tests'
-    nets and batch (96 x 96, ch 4, batch 1: ``tests/train/test_loop.py``), so that the float32
-    side's programs come from the session's compilation cache when those tests ran first, and
-    theirs from here otherwise.
+    nets and batch (96 x 96, ch 4, batch 1: ``tests/train/test_loop.py``) and on their worker, so
+    that one side's float32 programs come from the session's compilation cache (the learning
+    rate is an input of the programs, so their other schedule does not matter).
 
     Losses: bfloat16's step on each state of the float32 run, so that they differ by the
     precision alone. Along each run's own path the losses also carry the paths' divergence, so
