@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers.ci_required import needs
+from helpers.ci_required import needs_libtpu
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -54,7 +54,7 @@ def _compiled(mesh, loop: bool):
 
 
 @pytest.mark.tpu
-@needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
+@needs_libtpu()
 def test_loop_collectives_and_flops_count_every_iteration(mesh):
     compiled = _compiled(mesh, loop=True)
     program = aot.Program(compiled.as_text())
@@ -73,7 +73,7 @@ def test_loop_collectives_and_flops_count_every_iteration(mesh):
 
 
 @pytest.mark.tpu
-@needs("libtpu", reason="the TPU extra: compiling for a TPU slice")
+@needs_libtpu()
 def test_counts_agree_with_xla_where_there_is_no_loop(mesh):
     compiled = _compiled(mesh, loop=False)
     program, xla = aot.Program(compiled.as_text()), aot.cost(compiled)

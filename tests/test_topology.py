@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers.ci_required import needs
+from helpers.ci_required import needs_libtpu
 
 from p2c_jax import topology
 
@@ -38,7 +38,7 @@ def test_unknown_name_lists_the_known_ones(bad):
 
 
 @pytest.mark.tpu
-@needs("libtpu", reason="the TPU extra: libtpu describes a slice's devices")
+@needs_libtpu()
 @pytest.mark.parametrize("name", ["v4-8", "v5e-16", "v5p-128", "v6e-64"])
 def test_devices_are_one_per_chip_on_their_hosts(name):
     _, chips, hosts = SLICES[name]
@@ -50,7 +50,7 @@ def test_devices_are_one_per_chip_on_their_hosts(name):
 
 
 @pytest.mark.tpu
-@needs("libtpu", reason="the TPU extra: libtpu describes a slice's devices")
+@needs_libtpu()
 def test_slices_multiply_the_devices():
     devices = topology.devices("v5e-4", num_slices=2)
     assert len(devices) == 8

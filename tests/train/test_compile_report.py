@@ -14,7 +14,7 @@ import re
 
 import jax
 import pytest
-from helpers.ci_required import needs
+from helpers.ci_required import needs_libtpu
 from helpers.specs import CH, SIZE, small_specs
 
 from p2c_jax import parallel, topology
@@ -26,7 +26,7 @@ from p2c_jax.train.partition import Fused
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.tpu,
-    needs("libtpu", reason="the TPU extra: compiling for a TPU slice"),
+    needs_libtpu(),
 ]
 
 SLICE, BATCH = "v5e-4", 4
