@@ -44,6 +44,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(AXIS))
 
 
+def abstract_replicated(tree, mesh: Mesh):
+    """``tree``'s shapes and dtypes as ``ShapeDtypeStruct``s replicated on ``mesh``: what
+    restoring and ahead-of-time compilation take in place of arrays."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
 def put_replicated(tree, mesh: Mesh):
     """Place a host pytree (identical on every process) replicated on ``mesh``."""
     sharding = replicated(mesh)

@@ -24,7 +24,7 @@ from p2c_jax import aot, paths, topology
 from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import NetSpec, abstract
 from p2c_jax.nn.numerics import Numerics
-from p2c_jax.parallel import batch_sharding, make_mesh, replicated
+from p2c_jax.parallel import abstract_replicated, batch_sharding, make_mesh
 from p2c_jax.train.config import Config
 from p2c_jax.train.errors import TrainError
 from p2c_jax.train.loop import checked_specs
@@ -35,10 +35,6 @@ from p2c_jax.train.step import TrainStep
 REPORT = "compile_report.json"
 #: the face-ID net compiled without ``--faceid_weights``: InsightFace's MobileFaceNet
 FACE_SPEC = NetSpec("mobilefacenet", 512)
-
-
-def _abstract(tree, sharding) -> object:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
 def _face(cfg: Config) -> FaceID | None:
@@ -80,7 +76,7 @@ def compile_step(cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = Non
     batch = jax.ShapeDtypeStruct(
         (cfg.batch_size, cfg.img_size, cfg.img_size, 3), jnp.float32, sharding=batch_sharding(mesh)
     )
-    face_state = _abstract(face.state, replicated(mesh)) if face is not None else None
+    face_state = abstract_replicated(face.state, mesh) if face is not None else None
     args = (model.abstract_state(cfg.hparams, mesh), face_state, batch, batch)
     t0 = time.perf_counter()
     lowered = step.program.lower(*args)

@@ -23,7 +23,7 @@ from p2c_jax.nn.generator import ConvBlock
 from p2c_jax.nn.layers import SpectralState
 from p2c_jax.nn.models import DISCRIMINATORS, GENERATORS, NetSpec, abstract, build, graphdef
 from p2c_jax.nn.numerics import FLOAT32, Numerics
-from p2c_jax.parallel import replicated
+from p2c_jax.parallel import abstract_replicated
 from p2c_jax.train.config import Hparams
 
 Tree = dict
@@ -128,10 +128,8 @@ class TrainModel:
         """The train state's shapes and dtypes, replicated on ``mesh``: the target that
         checkpoints are restored onto and that ahead-of-time compilation lowers with."""
         nets = {n: nnx.state(abstract(s)) for n, s in self.specs.items()}
-        shapes = jax.eval_shape(lambda nets: self.init_state(nets, hp), nets)
-        sharding = replicated(mesh)
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes
+        return abstract_replicated(
+            jax.eval_shape(lambda nets: self.init_state(nets, hp), nets), mesh
         )
 
 
