@@ -12,8 +12,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import jax
-
 from p2c_jax.cli.common import (
     add_compile_cache_flag,
     setup_logging,
@@ -120,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if args.compile_only:
+        import jax
+
         # no compile cache: jax 0.10 cannot read a TPU program back without a TPU (docs/tpu.md)
         jax.config.update("jax_enable_compilation_cache", False)
         return compile_only(config.from_args(args), args.topology, args.num_slices)
