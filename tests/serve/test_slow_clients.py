@@ -170,3 +170,20 @@ def test_connections_per_client_address(serve):
     wait_for(lambda: request(server.port, "GET", "/healthz")[0] == 200)
     for s in held:
         s.close()
+
+
+def test_connection_limits_reach_uvicorn(serve):
+    """--max_connections is uvicorn's limit_concurrency (its 503 while that many are open) and
+    --keep_alive its idle timeout."""
+    server = serve(Limits(), ConnectionLimits(max_connections=3, keep_alive=0.5))
+    kept = connect(server.port)
+    kept.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    assert kept.recv(65536).startswith(b"HTTP/1.1 200 ")
+    t0 = time.monotonic()
+    assert closed_within(kept, 5) == b""
+    assert 0.4 < time.monotonic() - t0 < 2
+    held = [connect(server.port, source) for source in ("127.0.0.2", "127.0.0.3")]
+    wait_for(lambda: request(server.port, "GET", "/healthz")[0] == 503)
+    held.pop().close()
+    wait_for(lambda: request(server.port, "GET", "/healthz")[0] == 200)
+    held[0].close()
