@@ -1,16 +1,21 @@
-"""p2c-serve under concurrent clients, on loopback: requests/s and p50 / p95 latency at 1, 4
-and 16 clients (1: one request at a time, the baseline).
+"""p2c-serve under concurrent clients, on loopback: requests/s, p50 / p99 latency and the 503s
+at 1, 16 and 50 clients (1: one request at a time, the baseline), optionally beside slow
+clients.
 
-    python bench/serve.py [--seconds 40] [--clients 1 4 16] [--ngf 32] [--whole_photo]
-                          [-- SERVER FLAGS...]
+    python bench/serve.py [--seconds 40] [--clients 1 16 50] [--slow_clients 0] [--ngf 32]
+                          [--whole_photo] [-- SERVER FLAGS...]
 
 Starts the real ``p2c-serve`` command (uvicorn, 127.0.0.1, a free port) on a random light
 generator (speed does not depend on the values) with the default backends (dlib, GrabCut),
 waits for its start-up compilation, then for each client count runs that many closed-loop
 clients for ``--seconds`` each, every one posting photos in turn: variations of scikit-image's
-astronaut and the original's test photo (tests/data/images/) at half size, as JPEGs. The
-server's ``/healthz`` counters give the faces per device call. Only loopback traffic; every
-loop is bounded in time.
+astronaut and the original's test photo (tests/data/images/) at half size, as JPEGs. A client
+answered 503 waits the ``Retry-After`` seconds. ``--slow_clients N`` adds N clients that send
+their headers, then the body at 1 byte/s until the server answers (408 past
+``--body_timeout``), and start again. The server keeps its ``--max_pending`` (32); its
+connection caps are raised to fit every client, all from one address. The server's
+``/healthz`` counters give the faces per device call. Only loopback traffic; every loop is
+bounded in time.
 """
 
 from __future__ import annotations
@@ -86,11 +91,48 @@ def get_json(port: int, path: str) -> dict:
         conn.close()
 
 
-def level(port: int, bodies: list[tuple[bytes, str]], clients: int, seconds: float) -> dict:
-    """``clients`` closed-loop clients for ``seconds``: latencies of the requests that
-    started in the window (each bounded by a 300 s timeout), and the errors."""
+def slow_client(
+    port: int, form: tuple[bytes, str], end: float, answers: list[str], lock: threading.Lock
+) -> None:
+    """Uploads ``form`` at 1 byte/s until ``end``: each answer's status (or how the connection
+    ended)."""
+    body, ctype = form
+    head = (
+        f"POST /v1/cartoonize HTTP/1.1\r\nHost: bench\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    while time.perf_counter() < end:
+        answer = "open at the end"
+        try:
+            with socket.create_connection((HOST, port), timeout=10) as s:
+                s.sendall(head)
+                s.settimeout(1.0)  # the pace: a byte, then up to 1 s for an answer
+                for i in range(len(body)):
+                    if time.perf_counter() >= end:
+                        break
+                    s.send(body[i : i + 1])
+                    try:
+                        data = s.recv(65536)
+                    except TimeoutError:
+                        continue
+                    answer = data.split(b" ", 2)[1].decode() if data else "closed"
+                    break
+        except OSError as e:
+            answer = type(e).__name__
+            time.sleep(0.5)
+        with lock:
+            answers.append(answer)
+
+
+def level(
+    port: int, bodies: list[tuple[bytes, str]], clients: int, seconds: float, slow: int = 0
+) -> dict:
+    """``clients`` closed-loop clients for ``seconds`` (beside ``slow`` slow ones): latencies
+    of the requests that started in the window (each bounded by a 300 s timeout), the 503s
+    and other errors, the slow clients' answers."""
     latencies: list[float] = []
     errors: list[str] = []
+    answers: list[str] = []
     lock = threading.Lock()
     start = time.perf_counter()
     end = start + seconds
@@ -108,6 +150,9 @@ def level(port: int, bodies: list[tuple[bytes, str]], clients: int, seconds: flo
                 r.read()
                 ok = r.status == 200
                 err = f"{r.status}"
+                if r.status == 503:  # as a client should: wait as told
+                    wait = float(r.getheader("Retry-After", "1"))
+                    time.sleep(max(0.0, min(wait, end - time.perf_counter())))
             except OSError as e:
                 ok, err = False, type(e).__name__
                 conn.close()
@@ -121,6 +166,12 @@ def level(port: int, bodies: list[tuple[bytes, str]], clients: int, seconds: flo
 
     before = get_json(port, "/healthz")
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    threads += [
+        threading.Thread(
+            target=slow_client, args=(port, bodies[k % len(bodies)], end, answers, lock)
+        )
+        for k in range(slow)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -131,19 +182,23 @@ def level(port: int, bodies: list[tuple[bytes, str]], clients: int, seconds: flo
     calls = after["device_calls"] - before["device_calls"]
     return {
         "clients": clients,
+        "slow": slow,
         "requests": len(latencies),
-        "errors": len(errors),
+        "503": errors.count("503"),
+        "errors": len(errors) - errors.count("503"),
         "rps": len(latencies) / wall,
         "p50": float(np.percentile(lat, 50)) if len(lat) else math.nan,
-        "p95": float(np.percentile(lat, 95)) if len(lat) else math.nan,
+        "p99": float(np.percentile(lat, 99)) if len(lat) else math.nan,
         "faces_per_call": (after["device_images"] - before["device_images"]) / max(1, calls),
+        "slow_answers": {a: answers.count(a) for a in sorted(set(answers))},
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=40, help="per client count")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 16, 50])
+    p.add_argument("--slow_clients", type=int, default=0, help="1 byte/s uploads beside them")
     p.add_argument("--ngf", type=int, default=32)
     p.add_argument("--photos", type=int, default=16)
     p.add_argument("--whole_photo", action="store_true", help="whole-photo requests")
@@ -161,6 +216,7 @@ def main() -> None:
         spec = NetSpec("generator", args.ngf, img_size=256)
         save_nets(Path(tmp) / "weights", {"genA2B": (spec, nnx.state(build(spec)))})
         port = free_port()
+        most = max(args.clients) + args.slow_clients + 8  # connections: room for every client
         cmd = [
             sys.executable,
             "-c",
@@ -171,8 +227,10 @@ def main() -> None:
             HOST,
             "--port",
             str(port),
-            "--max_pending",
-            str(max(64, 2 * max(args.clients))),
+            "--max_connections",
+            str(most),
+            "--max_per_client",
+            str(most),
             *args.server,
         ]
         log = open(Path(tmp) / "server.log", "w+")  # noqa: SIM115 - closed below
@@ -197,7 +255,7 @@ def main() -> None:
             level(port, bodies, 1, min(10.0, args.seconds))  # warm-up: first calls of each path
             rows = []
             for clients in args.clients:
-                rows.append(level(port, bodies, clients, args.seconds))
+                rows.append(level(port, bodies, clients, args.seconds, args.slow_clients))
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             server.terminate()
@@ -207,13 +265,17 @@ def main() -> None:
                 server.kill()
             log.close()
     base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else math.nan
-    print("| clients | requests | errors | requests/s | vs 1 client | p50 s | p95 s | faces/call |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| clients | slow clients | requests | 503 | other errors | requests/s | vs 1 client "
+        "| p50 s | p99 s | faces/call | slow clients' answers |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        slow = ", ".join(f"{k}: {v}" for k, v in r["slow_answers"].items()) or "-"
         print(
-            f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['rps']:.2f} "
-            f"| {r['rps'] / base:.2f}x | {r['p50']:.2f} | {r['p95']:.2f} "
-            f"| {r['faces_per_call']:.2f} |"
+            f"| {r['clients']} | {r['slow']} | {r['requests']} | {r['503']} | {r['errors']} "
+            f"| {r['rps']:.2f} | {r['rps'] / base:.2f}x | {r['p50']:.2f} | {r['p99']:.2f} "
+            f"| {r['faces_per_call']:.2f} | {slow} |"
         )
 
 

@@ -75,7 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_pending",
         type=number(int, minimum=1),
         default=32,
-        help="requests in progress at once; more are answered 503 (%(default)s)",
+        help="requests in progress at once, counted once their body has arrived; more are "
+        "answered 503 (%(default)s)",
+    )
+    p.add_argument(
+        "--body_timeout",
+        type=number(float, above=0),
+        default=60,
+        help="seconds to receive a request's body; later: 408 (%(default)s)",
+    )
+    p.add_argument(
+        "--header_timeout",
+        type=number(float, above=0),
+        default=10,
+        help="seconds to receive a request's line and headers; later the connection is "
+        "closed (%(default)s)",
+    )
+    p.add_argument(
+        "--keep_alive",
+        type=number(float, above=0),
+        default=5,
+        help="seconds an idle connection is kept open (%(default)s)",
+    )
+    p.add_argument(
+        "--max_connections",
+        type=number(int, minimum=1),
+        default=64,
+        help="open connections; a request beyond them is answered 503 (%(default)s)",
+    )
+    p.add_argument(
+        "--max_per_client",
+        type=number(int, minimum=1),
+        default=16,
+        help="open connections from one client address; more are answered 429 (%(default)s)",
     )
     p.add_argument(
         "--workers",
@@ -117,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import uvicorn
 
             from p2c_jax.serve.app import Limits, create_app
+            from p2c_jax.serve.connections import ConnectionLimits, uvicorn_config
     except MissingExtraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -140,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         max_pending=args.max_pending,
+        body_timeout=args.body_timeout,
         max_faces=args.max_faces,
         min_face=args.min_face,
     )
@@ -155,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("compiling the generator for batches of %s", ", ".join(map(str, engine.sizes)))
     app.state.server.setup()  # compiled before the server listens
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    connections = ConnectionLimits(
+        header_timeout=args.header_timeout,
+        keep_alive=args.keep_alive,
+        max_connections=args.max_connections,
+        max_per_client=args.max_per_client,
+    )
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, connections, log_level="info")).run()
     return 0
 
 

@@ -7,10 +7,12 @@ PNG made in the thread pool again; the event loop only moves bytes. The outputs 
 generator saw), or with ``whole_photo`` the whole photo with every face pasted back
 (``side_by_side``: after the photo).
 
-Errors are JSON ``{"reason": ...}``: 400 a malformed request, 413 an upload over the byte limit
-or an image over the pixel limit, 415 not an image (or not multipart/form-data), 422 no face
-(or an image too small to hold one), 503 with ``Retry-After`` when ``max_pending`` requests are
-already in progress. Logs name the status, face counts and time, never image data or names.
+Errors are JSON ``{"reason": ...}``: 400 a malformed request, 408 a body not received within
+``body_timeout``, 413 an upload over the byte limit or an image over the pixel limit, 415 not an
+image (or not multipart/form-data), 422 no face (or an image too small to hold one), 503 with
+``Retry-After`` when ``max_pending`` requests are already in progress (counted once their body
+has arrived, so slow uploads do not take the places of others). Logs name the status, face
+counts and time, never image data or names.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from preprocessing.pipeline import NoFaceError, Preprocessor
 STATIC = Path(__file__).resolve().parent / "static"
 FORM_SLACK = 64 * 1024  # bytes of a request beyond the image: boundaries, headers, options
 MAX_FIELD = 1024  # bytes of an option's value
+OPTIONS = ("whole_photo", "side_by_side")
+NO_FILE = "no image: send it as the multipart field 'file'"
 FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"}  # what PIL decodes on its own
 log = logging.getLogger("p2c_jax.serve")
 
@@ -61,7 +65,8 @@ class Limits:
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000  # decoded width x height: stops decompression bombs
-    max_pending: int = 32  # requests in progress at once; more are answered 503
+    max_pending: int = 32  # requests in progress at once (body received); more are answered 503
+    body_timeout: float = 60.0  # seconds to receive a request's body; later: 408
     max_faces: int = MAX_FACES  # with whole_photo
     min_face: float = MIN_FACE  # with whole_photo
 
@@ -86,9 +91,12 @@ def parse_bool(name: str, value: str) -> bool:
     raise ApiError(400, f"{name}: expected true or false, got {value[:20]!r}")
 
 
-async def read_form(request: Request, max_file: int) -> tuple[dict[str, str], bytes | None]:
+async def read_form(
+    request: Request, max_file: int, timeout: float
+) -> tuple[dict[str, str], bytes]:
     """The text fields and the bytes of the ``file`` field of a multipart/form-data request,
-    all in memory; 413 as soon as the file passes ``max_file`` bytes."""
+    all in memory; 413 as soon as the file passes ``max_file`` bytes, 408 when the body has
+    not arrived within ``timeout`` seconds, 400 without a ``file`` field."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise ApiError(415, "expected multipart/form-data with the image in the field 'file'")
@@ -103,6 +111,7 @@ async def read_form(request: Request, max_file: int) -> tuple[dict[str, str], by
     parts: dict[str, bytearray] = {}
     part: dict[str, Any] = {}
     header = [b"", b""]
+    misplaced: list[str] = []  # fields other than 'file' that came with a file name
     too_large = ApiError(413, f"upload over {max_file / 2**20:g} MB")
 
     def on_part_begin() -> None:
@@ -121,13 +130,20 @@ async def read_form(request: Request, max_file: int) -> tuple[dict[str, str], by
 
     def on_headers_finished() -> None:
         _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        part["name"] = options.get(b"name", b"").decode("utf-8", "replace")
-        part["limit"] = max_file if part["name"] == "file" else MAX_FIELD
+        part["name"] = name = options.get(b"name", b"").decode("utf-8", "replace")
+        part["limit"] = max_file if name == "file" else MAX_FIELD
+        if b"filename" in options and name != "file":
+            misplaced.append(name)
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         part["data"] += data[start:end]
         if len(part["data"]) > part["limit"]:
-            raise too_large if part["name"] == "file" else ApiError(400, "option too long")
+            name = part["name"]
+            if name == "file":
+                raise too_large
+            if name in OPTIONS:
+                raise ApiError(400, f"{name}: value over {MAX_FIELD} bytes")
+            raise ApiError(400, f"{NO_FILE}, not {name!r}")  # an image in another field
 
     def on_part_end() -> None:
         parts[part["name"]] = part["data"]
@@ -146,19 +162,25 @@ async def read_form(request: Request, max_file: int) -> tuple[dict[str, str], by
     )
     total = 0
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_body:
-                raise too_large
-            parser.write(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > max_body:
+                    raise too_large
+                parser.write(chunk)
         parser.finalize()
+    except TimeoutError:
+        reason = f"request body not received within {timeout:g} s"
+        raise ApiError(408, reason, {"Connection": "close"}) from None
     except ApiError:
         raise
     except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors
         raise ApiError(400, f"malformed multipart/form-data ({type(exc).__name__})") from None
     data = parts.pop("file", None)
+    if data is None:
+        raise ApiError(400, f"{NO_FILE}, not {misplaced[0]!r}" if misplaced else NO_FILE)
     fields = {k: v.decode("utf-8", "replace") for k, v in parts.items()}
-    return fields, bytes(data) if data is not None else None
+    return fields, bytes(data)
 
 
 def decode(data: bytes, max_pixels: int) -> np.ndarray:
@@ -211,9 +233,10 @@ class Server:
         self._lock = threading.Lock()
         self._spare: Preprocessor | None = None
         self._ready = False
-        self.pending = 0
+        self.receiving = 0  # requests whose body is arriving
+        self.pending = 0  # requests in progress after their body arrived (max_pending)
         self.served = 0
-        self._recent = 1.0  # seconds a request took lately (moving average): Retry-After
+        self._recent = 1.0  # seconds a request took lately, its upload aside: Retry-After
 
     def setup(self) -> None:
         """Build the first preprocessor (an unusable backend fails here) and compile the
@@ -276,30 +299,45 @@ class Server:
             503, "overloaded: too many requests in progress", {"Retry-After": str(retry)}
         )
 
+    async def receive(self, request: Request) -> tuple[bytes, bool, bool]:
+        """The image and the options whole_photo, side_by_side of a request."""
+        self.receiving += 1
+        try:
+            limits = self.limits
+            fields, data = await read_form(request, limits.max_upload_bytes, limits.body_timeout)
+        finally:
+            self.receiving -= 1
+        options = {**request.query_params, **fields}
+        whole = parse_bool("whole_photo", options.get("whole_photo", ""))
+        side = parse_bool("side_by_side", options.get("side_by_side", ""))
+        return data, whole, side
+
+    async def answer(self, prepared, whole: bool, side: bool) -> tuple[Response, str]:
+        """The PNG response and the faces used / found (for the log)."""
+        loop = asyncio.get_running_loop()
+        x = prepared.x if whole else prepared.x[None]
+        ys = await self.batcher(x)
+        png = await loop.run_in_executor(self.pool, self.encode, prepared, ys, whole, side)
+        found, used = (prepared.found, len(prepared.faces)) if whole else (1, 1)
+        headers = {"X-Faces-Found": str(found), "X-Faces-Used": str(used)}
+        return Response(png, 200, headers, media_type="image/png"), f"{used}/{found} faces"
+
     async def cartoonize(self, request: Request) -> Response:
-        if self.pending >= self.limits.max_pending:
-            log.info("503 overloaded (%d in progress)", self.pending)
-            return self.overloaded().response()
-        self.pending += 1
         t = time.perf_counter()
         faces = "-"
         try:
-            fields, data = await read_form(request, self.limits.max_upload_bytes)
-            if data is None:
-                raise ApiError(400, "no image: send it as the multipart field 'file'")
-            options = {**request.query_params, **fields}
-            whole = parse_bool("whole_photo", options.get("whole_photo", ""))
-            side = parse_bool("side_by_side", options.get("side_by_side", ""))
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self.pool, self.prepare, data, whole)
-            del data
-            x = prepared.x if whole else prepared.x[None]
-            ys = await self.batcher(x)
-            png = await loop.run_in_executor(self.pool, self.encode, prepared, ys, whole, side)
-            found, used = (prepared.found, len(prepared.faces)) if whole else (1, 1)
-            faces = f"{used}/{found} faces"
-            headers = {"X-Faces-Found": str(found), "X-Faces-Used": str(used)}
-            response: Response = Response(png, 200, headers, media_type="image/png")
+            data, whole, side = await self.receive(request)
+            if self.pending >= self.limits.max_pending:
+                raise self.overloaded()
+            self.pending += 1
+            received = time.perf_counter()  # Retry-After: the time after the upload
+            try:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self.pool, self.prepare, data, whole)
+                del data
+                response, faces = await self.answer(prepared, whole, side)
+            finally:
+                self.pending -= 1
         except ApiError as exc:
             response = exc.response()
         except StoppedError as exc:
@@ -307,12 +345,10 @@ class Server:
         except Exception as exc:
             log.exception("internal error")
             response = ApiError(500, f"internal error ({type(exc).__name__})").response()
-        finally:
-            self.pending -= 1
         seconds = time.perf_counter() - t
         if response.status_code == 200:
             self.served += 1
-            self._recent = 0.8 * self._recent + 0.2 * seconds
+            self._recent = 0.8 * self._recent + 0.2 * (time.perf_counter() - received)
         log.info("%d %s %.3f s", response.status_code, faces, seconds)
         return response
 
@@ -322,6 +358,7 @@ class Server:
                 "status": "ok",
                 "image_size": self.engine.size,
                 "batch_sizes": self.engine.sizes,
+                "receiving": self.receiving,
                 "in_progress": self.pending,
                 "served": self.served,
                 "device_calls": self.batcher.calls,

@@ -66,3 +66,8 @@ def default_preprocessor() -> Preprocessor:
     from preprocessing.segmentation import GrabCutSegmenter
 
     return Preprocessor(DlibLandmarker(), GrabCutSegmenter(), all_faces=True)
+
+
+def stub_preprocessor() -> Preprocessor:
+    """The server's face finder with the stand-in landmarker and segmenter."""
+    return Preprocessor(StubLandmarker(), soft_mask, all_faces=True)

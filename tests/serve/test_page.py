@@ -9,20 +9,18 @@ import base64
 import io
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from helpers.ci_required import missing
-from helpers.faces import StubLandmarker, soft_mask, synthetic_photo
+from helpers.faces import stub_preprocessor, synthetic_photo
+from helpers.serving import Uvicorn
 from PIL import Image
 
 from p2c_jax.inference import load_generator
 from p2c_jax.serve.app import create_app
 from p2c_jax.serve.batcher import Buckets
-from preprocessing.pipeline import Preprocessor
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 DRIVER = ("/usr/bin/chromedriver",)
@@ -30,36 +28,6 @@ DRIVER = ("/usr/bin/chromedriver",)
 
 def first_existing(paths) -> str | None:
     return next((p for p in paths if Path(p).is_file()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Uvicorn:
-    """A uvicorn server in a thread, on 127.0.0.1 only."""
-
-    def __init__(self, app, port: int):
-        import uvicorn
-
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Uvicorn:
-        self.thread.start()
-        deadline = time.monotonic() + 180  # start-up compiles the generator
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def chrome(user_data_dir: Path):
@@ -95,14 +63,13 @@ def test_page_in_chromium(tmp_path, monkeypatch, weights):
     driver = chrome(tmp_path / "chromium-profile")
     try:
         engine = Buckets(load_generator(weights), max_batch=1)
-        app = create_app(engine, lambda: Preprocessor(StubLandmarker(), soft_mask, all_faces=True))
+        app = create_app(engine, stub_preprocessor)
         photo = tmp_path / "portrait.jpg"
         Image.fromarray(synthetic_photo(420, 360, 9)).save(photo, quality=92)
-        port = free_port()
-        with Uvicorn(app, port):
+        with Uvicorn(app) as server:
             driver.set_page_load_timeout(30)
             driver.set_script_timeout(30)
-            driver.get(f"http://127.0.0.1:{port}/")
+            driver.get(f"http://127.0.0.1:{server.port}/")
             assert driver.title == "photo2cartoon"
             driver.find_element("id", "file").send_keys(str(photo))
             states = "return ['face', 'whole'].map(id => document.getElementById(id).dataset.state)"

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from helpers import ci_required
 from helpers.faces import (
-    StubLandmarker,
     astronaut_canvas,
     default_preprocessor,
-    soft_mask,
+    stub_preprocessor,
     synthetic_photo,
 )
 from PIL import Image
 from starlette.testclient import TestClient
+from urllib3 import encode_multipart_formdata
 
 from p2c_jax import whole_photo
 from p2c_jax.cartoonize import Preparer, run
@@ -33,13 +33,8 @@ from p2c_jax.cli.serve import main as serve_main
 from p2c_jax.inference import BatchedGenerator, CompiledNet, load_generator
 from p2c_jax.serve.app import Limits, create_app
 from p2c_jax.serve.batcher import Buckets
-from preprocessing.pipeline import Preprocessor
 
 needs_dlib = ci_required.needs_dlib()
-
-
-def stub_preprocessor() -> Preprocessor:
-    return Preprocessor(StubLandmarker(), soft_mask, all_faces=True)
 
 
 @pytest.fixture(scope="module")
@@ -194,13 +189,31 @@ def test_errors(client, server):
     )
     assert status(post(client, encoded(photo[:20, :20]))) == (422, "image too small (20x20)")
     # 400: no file field, an option that is not a boolean
-    r = client.post("/v1/cartoonize", data={"whole_photo": "true"}, files={"x": ("a", b"b")})
+    body, ctype = encode_multipart_formdata({"whole_photo": "true"})
+    r = client.post("/v1/cartoonize", content=body, headers={"content-type": ctype})
     assert status(r) == (400, "no image: send it as the multipart field 'file'")
     assert status(post(client, encoded(photo), whole_photo="maybe"))[0] == 400
     assert client.get("/v1/cartoonize").status_code == 405
     # the file part without a filename is the file all the same
     r = client.post("/v1/cartoonize", files={"file": (None, encoded(photo), "image/png")})
     assert r.status_code == 200
+
+
+def test_image_in_another_field(client):
+    """An image sent in a field other than 'file' is named as such, not as a long option."""
+    photo = encoded(synthetic_photo(300, 300, 2))
+    assert len(photo) > 1024  # over an option's length
+    for name, part in (
+        ("photo", ("a.png", photo, "image/png")),  # a file, large
+        ("image", ("a.png", photo[:100], "image/png")),  # a file, short
+        ("picture", photo),  # no file name, large
+    ):
+        body, ctype = encode_multipart_formdata({name: part})
+        r = client.post("/v1/cartoonize", content=body, headers={"content-type": ctype})
+        reason = f"no image: send it as the multipart field 'file', not {name!r}"
+        assert (r.status_code, r.json()) == (400, {"reason": reason})
+    r = post(client, photo, whole_photo="t" * 1025)
+    assert (r.status_code, r.json()) == (400, {"reason": "whole_photo: value over 1024 bytes"})
 
 
 # ------------------------------------------------- batching, overload, responsiveness
