@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="do every input again and start a new report; by default the inputs that "
-        "report.jsonl in --output names as done, with their outputs there, are skipped",
+        help="do every input again and start a new report (after changing the weights or "
+        "flags); by default the inputs that report.jsonl in --output names as done, with "
+        "their outputs there, are skipped",
     )
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_precision_flag(p)
