@@ -125,7 +125,7 @@ def start_report(
     report = Report(output, resume=not overwrite)
     todo = []
     for path, rel in items:
-        if report.already_done(rel) is None:
+        if not report.already_done(rel):
             todo.append((path, rel))
         else:
             report.skipped()

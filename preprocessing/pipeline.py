@@ -130,7 +130,7 @@ def run(
     timings = timings if timings is not None else defaultdict(float)
     with Report(save_path) as report:
         for path, rel in tqdm(items, disable=not progress, unit="img", file=sys.stderr):
-            if report.already_done(rel) is not None:
+            if report.already_done(rel):
                 report.skipped()
                 continue
             try:

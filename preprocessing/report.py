@@ -83,7 +83,7 @@ class Report:
             text += "\n"  # the next record starts a line of its own
         self.previous = _records(text)
         self.summary = Summary()
-        self._lines: list[str] = [text]  # gs:// only: the report so far, uploaded whole
+        self._lines: list[str] = [text] if remote else []  # the report so far, uploaded whole
         self._uploaded = -float("inf")
         self._file = None
         if not remote:
@@ -122,14 +122,13 @@ class Report:
         self.summary.reasons[reason.split(" (")[0]] += 1
         self._write({"name": name, "input": str(path), "status": "failed", "reason": reason})
 
-    def already_done(self, name: str) -> list[str] | None:
-        """The outputs of ``name`` from a previous run, when they all still exist."""
+    def already_done(self, name: str) -> bool:
+        """Whether a previous run did ``name``: its record says so and its outputs still exist."""
         rec = self.previous.get(name)
         # "skipped": a record of the reports that re-runs rewrote whole, before they appended
         if not (rec and rec.get("status") in ("done", "skipped") and rec.get("outputs")):
-            return None
-        outputs = rec["outputs"]
-        return outputs if all((self.path.parent / o).is_file() for o in outputs) else None
+            return False
+        return all((self.path.parent / o).is_file() for o in rec["outputs"])
 
     def close(self) -> None:
         if self._file is not None:

@@ -120,21 +120,23 @@ def test_rerun_after_kill_does_only_what_is_missing(tmp_path, photos, weights, c
 def test_rerun_of_a_finished_job_writes_nothing_and_overwrite_does_it_again(
     tmp_path, photos, weights, capsys
 ):
-    argv = [str(photos), "--weights", str(weights), *FLAGS, "-o", str(tmp_path / "out")]
+    n = 4
+    inputs = [str(photos / f"p{i}.png") for i in range(n)]
     out = tmp_path / "out"
+    argv = [*inputs, "--weights", str(weights), *FLAGS, "-o", str(out)]
     assert main(argv) == 0
     report = (out / "report.jsonl").read_bytes()
     first = files(out)
-    inodes = {n: (out / n).stat().st_ino for n in first}
+    inodes = {name: (out / name).stat().st_ino for name in first}
     capsys.readouterr()
 
     assert main(argv) == 0
-    assert f"{COUNT} inputs: {COUNT} done ({COUNT} already), 0 failed" in capsys.readouterr().err
+    assert f"{n} inputs: {n} done ({n} already), 0 failed" in capsys.readouterr().err
     assert (out / "report.jsonl").read_bytes() == report
-    assert {n: (out / n).stat().st_ino for n in first} == inodes  # no file replaced
+    assert {name: (out / name).stat().st_ino for name in first} == inodes  # none replaced
 
     assert main([*argv, "--overwrite"]) == 0
-    assert f"{COUNT} inputs: {COUNT} done, 0 failed" in capsys.readouterr().err
+    assert f"{n} inputs: {n} done, 0 failed" in capsys.readouterr().err
     assert files(out) == first
-    assert all((out / n).stat().st_ino != inodes[n] for n in first)  # each written again
-    assert len(report_lines(out)) == COUNT
+    assert all((out / name).stat().st_ino != inodes[name] for name in first)  # written again
+    assert len(report_lines(out)) == n
