@@ -7,7 +7,9 @@ put on white by the mask and scaled to [-1, 1]; the generator's output becomes
 
 Decoding and preprocessing run in a thread pool feeding a bounded window of pending images; the
 main thread runs the generator on fixed-size batches and writes PNGs while the next batch
-computes. Every input gets a line in ``report.jsonl`` as it finishes.
+computes. Every input gets a line in ``report.jsonl`` as it finishes, after its outputs, which
+are written whole or not at all (``write_atomic``): a re-run after a kill skips the inputs the
+report names as done whose outputs exist, and does the rest.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from p2c_jax import paths
 from p2c_jax.inference import BatchedGenerator
-from preprocessing.files import write_atomic
+from preprocessing.files import remove_stale_temporaries, write_atomic
 from preprocessing.generator_io import (
     Prepared,
     face_and_mask,
@@ -108,6 +111,27 @@ def output_names(names: Iterable[str]) -> dict[str, str]:
     return {n: s + ".png" for n, s in output_stems(list(names)).items()}
 
 
+def start_report(
+    output: epath.Path, items: list[tuple[Path, str]], overwrite: bool
+) -> tuple[Report, list[tuple[Path, str]]]:
+    """The report of a run into ``output`` and the inputs it has to do.
+
+    Unless ``overwrite``, the report of a previous run is appended to, and its inputs that are
+    done (their outputs exist) are counted as skipped rather than done again. Temporary files
+    that a killed run left in a local ``output`` are removed.
+    """
+    if not paths.is_remote(output):
+        remove_stale_temporaries(output)
+    report = Report(output, resume=not overwrite)
+    todo = []
+    for path, rel in items:
+        if not report.already_done(rel):
+            todo.append((path, rel))
+        else:
+            report.skipped()
+    return report, todo
+
+
 def run_pipelined(
     items: Iterable[tuple[Path, str]],
     prepare: Callable[[Path], Any],
@@ -165,17 +189,25 @@ def run(
     reference: Callable[[np.ndarray], np.ndarray] | None = None,
     workers: int = 2,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[Summary, TorchDiff | None]:
     """Cartoonize every (path, relative name) into ``output``; a bad input never stops the run.
 
-    Returns the summary and, given a ``reference`` generator, the difference against it.
+    Inputs a previous run did are skipped unless ``overwrite`` (``start_report``). Returns the
+    summary and, given a ``reference`` generator, the difference against it.
     """
     output = paths.as_path(output)  # local, or gs:// (an object per file)
     items = list(items)
     names = output_names(rel for _, rel in items)
     diff_total = TorchDiff() if reference is not None else None
-    bar = tqdm(total=len(items), disable=not progress, unit="img", file=sys.stderr)
-    report = Report(output, resume=False)
+    report, todo = start_report(output, items, overwrite)
+    bar = tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        unit="img",
+        file=sys.stderr,
+    )
 
     def finish(batch: list[tuple[Path, str, Prepared]], y: jax.Array) -> None:
         ys = np.asarray(y)[: len(batch)]
@@ -205,7 +237,7 @@ def run(
 
     try:
         run_pipelined(
-            items,
+            todo,
             prepare,
             generator,
             workers=workers,

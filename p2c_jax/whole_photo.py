@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from p2c_jax import paths
-from p2c_jax.cartoonize import Preparer, output_names, run_pipelined
+from p2c_jax.cartoonize import Preparer, output_names, run_pipelined, start_report
 from p2c_jax.inference import BatchedGenerator
 from preprocessing.files import write_atomic
 from preprocessing.generator_io import Prepared, postprocess, prepare_face
@@ -31,7 +31,7 @@ from preprocessing.geometry import Alignment
 from preprocessing.io import encode_png, load_rgb
 from preprocessing.paste import paste_all
 from preprocessing.pipeline import NoFaceError, Preprocessor
-from preprocessing.report import Report, Summary
+from preprocessing.report import Summary
 
 MAX_FACES = 10
 MIN_FACE = 40  # pixels: the longer side of a face's landmark box in the photo
@@ -163,18 +163,27 @@ def run(
     save_faces: bool = False,
     workers: int = 2,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[Summary, FaceCount]:
     """Cartoonize every face of every (path, relative name) into ``output``: NAME.png the whole
     photo, with ``save_faces`` also NAME_face{i}.png each face's cartoon (largest first).
 
     The report line of a photo names the faces found and used; a bad input never stops the run.
+    Photos a previous run did are skipped unless ``overwrite`` (``cartoonize.start_report``);
+    the face counts are of this run's photos.
     """
     output = paths.as_path(output)  # local, or gs:// (an object per file)
     items = list(items)
     names = output_names(rel for _, rel in items)
     counts = FaceCount()
-    bar = tqdm(total=len(items), disable=not progress, unit="img", file=sys.stderr)
-    report = Report(output, resume=False)
+    report, todo = start_report(output, items, overwrite)
+    bar = tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        unit="img",
+        file=sys.stderr,
+    )
 
     def finish(p: _Pending) -> None:
         bar.update()
@@ -213,7 +222,7 @@ def run(
 
     try:
         run_pipelined(
-            items,
+            todo,
             prepare,
             generator,
             workers=workers,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -47,6 +48,33 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")  # write_atomic's: .NAME.PID.ID.tmp
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Remove the temporary files ``write_atomic`` left under a local ``folder`` when its
+    process was killed (those of processes still running stay)."""
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            m = _TEMPORARY.match(name)
+            if m and not _running(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(parent, name))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (on Windows assumed: ``os.kill`` ends it)."""
+    if os.name == "nt" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def discover(inputs: Iterable[str]) -> list[tuple[Path, str]]:

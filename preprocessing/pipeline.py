@@ -121,8 +121,8 @@ def run(
 ) -> Summary:
     """Process every (path, relative name) into ``save_path``, never stopping on a bad file.
 
-    Each input gets a line in ``save_path/report.jsonl`` (done, already done, or the reason it
-    failed), written as it finishes; inputs whose outputs from a previous run exist are skipped.
+    Each input gets a line in ``save_path/report.jsonl`` (done, or the reason it failed), appended
+    as it finishes; inputs whose outputs from a previous run exist are skipped.
     """
     save_path = Path(save_path)
     items = list(inputs)
@@ -130,8 +130,8 @@ def run(
     timings = timings if timings is not None else defaultdict(float)
     with Report(save_path) as report:
         for path, rel in tqdm(items, disable=not progress, unit="img", file=sys.stderr):
-            if (outputs := report.already_done(rel)) is not None:
-                report.skipped(rel, path, outputs)
+            if report.already_done(rel):
+                report.skipped()
                 continue
             try:
                 t = time.perf_counter()

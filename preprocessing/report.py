@@ -1,10 +1,11 @@
 """The per-input report of a folder job (preprocessing, inference): ``report.jsonl`` and a summary.
 
 Each finished input is appended to the report at once, so a crash loses nothing already done;
-a re-run reads it back to skip inputs whose outputs exist. In a ``gs://`` folder, whose objects
-cannot be appended to, the whole report is uploaded again at most every ``UPLOAD_EVERY_S``
-seconds and when the run ends: a crash loses the last seconds' lines, whose inputs a re-run
-does again.
+a re-run appends to it (never rewriting it, so a kill in the middle loses nothing either) and
+reads it back to skip inputs whose outputs exist; a line cut short by a kill is ignored. In a
+``gs://`` folder, whose objects cannot be appended to, the whole report is uploaded again at
+most every ``UPLOAD_EVERY_S`` seconds and when the run ends: a crash loses the last seconds'
+lines, whose inputs a re-run does again.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class Summary:
 class Report:
     """``report.jsonl`` in ``folder``: one JSON line per input, appended as each finishes.
 
-    With ``resume`` it keeps the last record of each input from a previous run (``previous``,
-    rewritten with those alone so the file does not grow across re-runs); else it starts empty.
+    With ``resume`` it appends to the report of a previous run and knows the last record of each
+    input there (``previous``); a skipped input gets no new line, its record is there already.
+    Without, it starts an empty report.
     """
 
     def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
@@ -75,16 +77,20 @@ class Report:
             self.path = epath.Path(folder) / name
         else:
             self.path = Path(folder) / name
-        self.previous = _read(self.path) if resume else {}
+        text = _text(self.path) if resume else ""
+        cut_short = bool(text) and not text.endswith("\n")  # the last line, by a kill
+        if cut_short:
+            text += "\n"  # the next record starts a line of its own
+        self.previous = _records(text)
         self.summary = Summary()
-        self._lines: list[str] = []  # gs:// only: the report so far, uploaded whole
+        self._lines: list[str] = [text] if remote else []  # the report so far, uploaded whole
         self._uploaded = -float("inf")
         self._file = None
         if not remote:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - see close()
-        for rec in self.previous.values():
-            self._write(rec)
+            self._file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 - see close()
+            if cut_short:
+                self._file.write("\n")
 
     def _write(self, rec: dict) -> None:
         line = json.dumps(rec) + "\n"
@@ -106,9 +112,9 @@ class Report:
             {"name": name, "input": str(path), "status": "done", "outputs": outputs, **extra}
         )
 
-    def skipped(self, name: str, path: str | os.PathLike, outputs: list[str]) -> None:
+    def skipped(self) -> None:
+        """An input whose outputs a previous run wrote (its record is in ``previous``)."""
         self.summary.skipped += 1
-        self._write({"name": name, "input": str(path), "status": "skipped", "outputs": outputs})
 
     def failed(self, name: str, path: str | os.PathLike, exc: BaseException) -> None:
         reason = reason_of(exc)
@@ -116,13 +122,13 @@ class Report:
         self.summary.reasons[reason.split(" (")[0]] += 1
         self._write({"name": name, "input": str(path), "status": "failed", "reason": reason})
 
-    def already_done(self, name: str) -> list[str] | None:
-        """The outputs of ``name`` from a previous run, when they all still exist."""
+    def already_done(self, name: str) -> bool:
+        """Whether a previous run did ``name``: its record says so and its outputs still exist."""
         rec = self.previous.get(name)
+        # "skipped": a record of the reports that re-runs rewrote whole, before they appended
         if not (rec and rec.get("status") in ("done", "skipped") and rec.get("outputs")):
-            return None
-        outputs = rec["outputs"]
-        return outputs if all((self.path.parent / o).is_file() for o in outputs) else None
+            return False
+        return all((self.path.parent / o).is_file() for o in rec["outputs"])
 
     def close(self) -> None:
         if self._file is not None:
@@ -137,12 +143,15 @@ class Report:
         self.close()
 
 
-def _read(path) -> dict[str, dict]:
-    """The last record of each input in an existing report (unreadable lines ignored)."""
+def _text(path) -> str:
+    """An existing report's text ("" if none); bytes a kill left undecodable are replaced."""
+    return path.read_bytes().decode("utf-8", "replace") if path.is_file() else ""
+
+
+def _records(text: str) -> dict[str, dict]:
+    """The last record of each input in a report's text (unreadable lines ignored)."""
     records: dict[str, dict] = {}
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
             records[rec["name"]] = rec

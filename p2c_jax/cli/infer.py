@@ -1,5 +1,6 @@
 """Photos -> cartoons: ``p2c-infer INPUTS... --output DIR --weights WEIGHTS``.
 
+A re-run into the same ``--output`` (after a kill, say) skips the inputs already done.
 Exit status: 0 when every input was done, 1 when some failed, 2 when none could be done or the
 weights (or a preprocessing backend) are unusable.
 """
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoding/preprocessing threads",
     )
     add_backend_flags(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="do every input again and start a new report (after changing the weights or "
+        "flags); by default the inputs that report.jsonl in --output names as done, with "
+        "their outputs there, are skipped",
+    )
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_precision_flag(p)
     add_compile_cache_flag(p)
@@ -170,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_faces=args.save_faces,
             workers=args.workers,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
         print(f"{summary.line()}; {faces.line()}", file=sys.stderr)
         print(_wrote(output), file=sys.stderr)
@@ -183,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference=reference,
         workers=args.workers,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(summary.line() + (f"; {diff.line()}" if diff and diff.pixels else ""), file=sys.stderr)
     print(_wrote(output), file=sys.stderr)

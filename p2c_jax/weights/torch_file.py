@@ -23,6 +23,8 @@ import numpy as np
 
 from p2c_jax import paths
 
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header
+_CUT_SHORT = "the file ends early (truncated?)"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -168,11 +170,14 @@ def _read_legacy(f: BinaryIO) -> Any:
     obj = main.load()
     storages = {}
     for key in Unpickler(f).load():  # each: int64 element count, then the elements
-        count = int(np.frombuffer(f.read(8), "<i8")[0])
+        head = f.read(8)
+        if len(head) != 8:
+            raise TorchFileError(_CUT_SHORT)
+        count = int(np.frombuffer(head, "<i8")[0])
         dtype = main.storages[str(key)]
         data = f.read(count * dtype.itemsize)
         if len(data) != count * dtype.itemsize:
-            raise TorchFileError("the file ends inside a storage")
+            raise TorchFileError(_CUT_SHORT)
         storages[str(key)] = np.frombuffer(data, dtype)
     return rebuild(obj, storages.__getitem__)
 
@@ -190,9 +195,13 @@ def read(path: str | Path) -> Any:
         data = io.BytesIO(path.read_bytes())
         if zipfile.is_zipfile(data):
             return _read_zip(data)
+        if data.getvalue().startswith(_ZIP_MAGIC):  # no directory at the end: cut short
+            raise TorchFileError(_CUT_SHORT)
         data.seek(0)  # is_zipfile read the end
         return _read_legacy(data)
     except (TorchFileError, FileNotFoundError):
         raise
+    except EOFError:  # a pickle cut short
+        raise TorchFileError(_CUT_SHORT) from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways
         raise TorchFileError(f"{type(e).__name__}: {e}") from None

@@ -4,10 +4,13 @@ batch padded, compiled once and sharded over two devices."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,6 +50,14 @@ def torch_one_thread():
 def small(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     path = tmp_path_factory.mktemp("weights") / "photo2cartoon_weights.pt"
     return path, make_weights(path, ngf=8)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(small, tmp_path_factory) -> Path:
+    """``small``'s generator as our checkpoint directory."""
+    ckpt = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    save_nets(ckpt, load_torch(small[0], ["genA2B"]))
+    return ckpt
 
 
 # ------------------------------------------------- the original test.py, independently written
@@ -170,12 +181,11 @@ def test_preparer_hands_its_first_preprocessor_to_a_worker(tmp_path):
     assert 0 in used  # the first one went to a worker
 
 
-def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, capsys):
+def test_side_by_side_compare_torch_and_checkpoint_dir(tmp_path, small, small_checkpoint, capsys):
     """Our checkpoint dir gives the .pt's cartoons; --compare_torch reports per image and
     overall."""
-    path, model = small
-    ckpt = tmp_path / "ckpt"
-    save_nets(ckpt, load_torch(path, ["genA2B"]))
+    _, model = small
+    ckpt = small_checkpoint
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
@@ -309,40 +319,90 @@ def test_output_on_gcs_as_in_a_local_folder(tmp_path, small, gcs_bucket, capsys)
     assert "--output memory://bar/out: unsupported scheme memory://" in capsys.readouterr().err
 
 
-def unusable_weights(tmp: Path, kind: str) -> Path:
+def random_bytes_over(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+def unusable_weights(tmp: Path, kind: str, pt: Path, ckpt: Path) -> Path:
+    """Weights at ``tmp/w.pt`` (``tmp/w`` for our checkpoints) damaged or wrong as ``kind`` says,
+    from the .pt ``pt`` and its checkpoint ``ckpt``."""
+    sd = torch_port.ResnetGenerator(8, 256, True).state_dict()
     if kind == "missing":
         return tmp / "nope.pt"
     if kind == "text":
         (tmp / "w.pt").write_text("not a checkpoint")
+    if kind == "truncated_zip":  # torch >= 1.6's format
+        (tmp / "w.pt").write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    if kind == "truncated_legacy":  # the original's weights' format (torch 1.4)
+        torch.save({"genA2B": sd}, tmp / "w.pt", _use_new_zipfile_serialization=False)
+        (tmp / "w.pt").write_bytes((tmp / "w.pt").read_bytes()[:-1000])
     if kind == "no_genA2B":
-        torch.save({"genB2A": torch_port.ResnetGenerator(8, 256, True).state_dict()}, tmp / "w.pt")
+        torch.save({"genB2A": sd}, tmp / "w.pt")
     if kind == "wrong_shapes":
-        sd = torch_port.ResnetGenerator(8, 256, True).state_dict()
         sd["ConvBlock2.1.weight"] = torch.zeros(3, 8, 5, 5)
         torch.save({"genA2B": sd}, tmp / "w.pt")
     if kind == "empty_dir":
         (tmp / "w.pt").mkdir()
+    if kind.startswith("checkpoint_"):
+        shutil.copytree(ckpt, tmp / "w")
+        nets = tmp / "w" / "nets"
+        if kind == "checkpoint_no_metadata":
+            (nets / "_METADATA").unlink()
+        if kind == "checkpoint_random_index":  # OCDBT's b-tree of where each array lies
+            (index,) = (nets / "d").iterdir()
+            random_bytes_over(index)
+        if kind == "checkpoint_random_arrays":
+            random_bytes_over(max((nets / "ocdbt.process_0" / "d").iterdir(), key=os.path.getsize))
+        return tmp / "w"
     return tmp / "w.pt"
 
 
-@pytest.mark.parametrize("kind", ["missing", "text", "no_genA2B", "wrong_shapes", "empty_dir"])
-def test_unusable_weights_exit_2(tmp_path, capsys, kind):
+UNUSABLE = {  # kind: what the error line says after the path
+    "missing": "no such file",
+    "text": "not a PyTorch checkpoint",
+    "truncated_zip": "not a PyTorch checkpoint (the file ends early (truncated?))",
+    "truncated_legacy": "not a PyTorch checkpoint (the file ends early (truncated?))",
+    "no_genA2B": "has no genA2B (it holds genB2A)",
+    "wrong_shapes": "does not fit the photo2cartoon networks:",  # then a line per problem
+    "empty_dir": "not a p2c-jax checkpoint or training workdir",
+    "checkpoint_no_metadata": "damaged checkpoint (FileNotFoundError: Metadata file (named "
+    "_METADATA) does not exist",
+    "checkpoint_random_index": "damaged checkpoint (ValueError: DATA_LOSS: ",
+    "checkpoint_random_arrays": "damaged checkpoint (ValueError: ",
+}
+
+
+@pytest.mark.parametrize("kind", UNUSABLE)
+def test_unusable_weights_exit_2(tmp_path, small, small_checkpoint, capsys, kind):
+    """Each is one line naming the weights and the reason (TensorStore's spec of the array
+    left out), no traceback, exit 2; weights of other nets list what does not fit below it."""
     Image.fromarray(synthetic_photo(256, 256, 0)).save(tmp_path / "a.png")
-    weights = unusable_weights(tmp_path, kind)
-    rc = main(
-        [
-            str(tmp_path / "a.png"),
-            "-o",
-            str(tmp_path / "out"),
-            "--weights",
-            str(weights),
-            "--no_preprocess",
-            "--no_progress",
-        ]
-    )
+    weights = unusable_weights(tmp_path, kind, small[0], small_checkpoint)
+    args = ["-o", str(tmp_path / "out"), "--weights", str(weights), "--no_preprocess"]
+    rc = main([str(tmp_path / "a.png"), *args, "--no_progress"])
     assert rc == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: unusable weights: ") and str(weights) in err
+    line, *details = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: unusable weights: {weights}: {UNUSABLE[kind]}"), line
+    misfit = ["  genA2B: ConvBlock2.1.weight has shape (3, 8, 5, 5), expected (3, 3, 7, 7)"]
+    assert details == (misfit if kind == "wrong_shapes" else [])
+    assert "tensorstore_spec" not in line and len(line) < 1000
+
+
+def test_damaged_checkpoint_says_nothing_later(tmp_path, small_checkpoint, monkeypatch, caplog):
+    """When one array of a checkpoint cannot be read, the reads of the others still running
+    report nothing once the error is said (Orbax closed their event loop: "Event loop is closed"
+    tracebacks and asyncio's "Task exception was never retrieved" errors, printed even after
+    the command returned). Timing decides how many reads are still running: four tries."""
+    weights = unusable_weights(tmp_path, "checkpoint_random_arrays", None, small_checkpoint)
+    late = []
+    monkeypatch.setattr(sys, "unraisablehook", late.append)
+    for _ in range(4):
+        with pytest.raises(ValueError, match="FAILED_PRECONDITION"):  # a CheckpointError
+            load_generator(weights)
+        time.sleep(0.2)
+        gc.collect()
+    assert not late, f"{len(late)} late errors, the first {late[0].exc_value!r}"
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def test_unknown_precision_is_refused(tmp_path, capsys):
