@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers.damage import damage
 
 from p2c_jax import parallel
 from p2c_jax.data.demo import build_demo
@@ -112,3 +113,53 @@ def test_resume_restores_the_saved_state_exactly(dataset, tmp_path, layout):
         _assert_equal(run.state, state)
     finally:
         run.manager.close()
+
+
+def _save_format2(cfg: Config, workdir: Path) -> dict:
+    """Checkpoint ``STEP`` of ``_trained_looking_state`` under ``workdir``; returns the state."""
+    model, state = _trained_looking_state(cfg)
+    meta = {"seed": cfg.seed, "batch_size": cfg.batch_size, "step": STEP, "data_position": STEP}
+    with ocp.CheckpointManager(workdir / "checkpoints", item_names=checkpointing.ITEMS) as m:
+        m.save(STEP, args=checkpointing.save_args(model, state, meta))
+        m.wait_until_finished()
+    return state
+
+
+def test_resume_falls_back_for_damage_only(dataset, tmp_path, monkeypatch):
+    """Orbax's own refusal (a stored shape this version does not expect: a programming error,
+    not damage) raises as it is and moves nothing; the same checkpoint damaged, and no older
+    one, is moved aside with its line and the run starts at step 0."""
+    cfg = _config(dataset, tmp_path / "run")
+    _save_format2(cfg, tmp_path / "run")
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    abstract_state = TrainModel.abstract_state
+
+    def one_shape_off(self, hp, mesh):
+        state = abstract_state(self, hp, mesh)
+        leaves, treedef = jax.tree_util.tree_flatten(state["opt_d"])
+        i = max(range(len(leaves)), key=lambda i: leaves[i].size)
+        x = leaves[i]
+        leaves[i] = jax.ShapeDtypeStruct(
+            (x.shape[0] + 1, *x.shape[1:]), x.dtype, sharding=x.sharding
+        )
+        return {**state, "opt_d": treedef.unflatten(leaves)}
+
+    with monkeypatch.context() as m:
+        m.setattr(TrainModel, "abstract_state", one_shape_off)
+        with pytest.raises(ValueError, match="not compatible with the stored shape"):
+            loop.setup(cfg, mesh=mesh, log=print)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [str(STEP)]
+
+    damage(tmp_path / "run" / "checkpoints" / str(STEP), "no_metadata")
+    logs: list[str] = []
+    run = loop.setup(cfg, mesh=mesh, log=logs.append)
+    try:
+        assert run.start == 0 and run.manager.all_steps() == []
+    finally:
+        run.manager.close()
+    (aside,) = (tmp_path / "run" / "checkpoints").iterdir()
+    (line,) = [m for m in logs if "does not restore" in m]
+    assert line == (
+        f"p2c-train: checkpoint step {STEP} does not restore (FileNotFoundError: Metadata file "
+        f"(named _METADATA) does not exist at nets.); moved it to {aside}; starting from scratch"
+    )
