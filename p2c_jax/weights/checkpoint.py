@@ -130,7 +130,8 @@ def damage(e: BaseException, where: epath.Path) -> str | None:
             type(e) is ValueError and _DAMAGE_STATUS.match(str(e))
         ):
             line = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
-            line = line.splitlines()[0].replace(f"{where}/", "")
+            # one line, "; " left to separate the fields of the lines that quote it
+            line = line.splitlines()[0].replace(f"{where}/", "").replace(";", ",")
             return line if len(line) <= 200 else line[:199] + "…"
         e = e.__cause__ or e.__context__
     return None
