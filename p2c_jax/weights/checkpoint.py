@@ -256,7 +256,7 @@ def load_nets(directory: str | os.PathLike, nets: list[str] | None = None) -> Ne
 def _others(path: epath.Path) -> str:
     """How to choose another step than ``path``, when it is one step of a workdir."""
     others = [str(s) for s in steps(path.parent) if str(s) != path.name]
-    if not path.name.isdigit() or not others:
+    if not (path.name.isdigit() and others):
         return ""
     return (
         f"; pass another of its steps ({', '.join(others)}) or the workdir "
