@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help="the original photo2cartoon_weights.pt, our checkpoint directory, or a training "
-        "workdir (its latest step; every kept step with --all_steps)",
+        "workdir (its newest step that restores; every kept step with --all_steps)",
     )
     p.add_argument("--all_steps", action="store_true", help="score every step a workdir keeps")
     p.add_argument("--photos", required=True, help="folder of aligned photos (e.g. testA/)")
@@ -87,18 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def checkpoints_to_score(weights: str, all_steps: bool) -> list[tuple[Path, int | None]]:
-    """(path, step) of each checkpoint: a file or checkpoint as it is, a workdir's latest step
-    or, with ``all_steps``, each of its steps."""
-    from p2c_jax.weights.checkpoint import resolve, steps
+    """(path, step) of each checkpoint: a file or checkpoint as it is, a workdir's newest step
+    that restores or, with ``all_steps``, each of its steps (a damaged one fails alone)."""
+    from p2c_jax.weights.checkpoint import is_checkpoint, resolve, workdir_steps
 
     path = Path(weights)
     if path.is_file():
         return [(path, None)]
-    d = resolve(path)  # raises CheckpointError unless a checkpoint or a workdir
-    if d == path.absolute():  # our checkpoint (or one step of a workdir) itself
+    if is_checkpoint(path) or not all_steps:  # our checkpoint (or one step of a workdir) itself
+        d = Path(resolve(path))  # raises CheckpointError unless a checkpoint or a workdir
         return [(d, int(d.name) if d.name.isdigit() else None)]
-    found = [(p, s) for s, p in steps(d.parent).items()]
-    return found if all_steps else found[-1:]
+    return [(Path(p), s) for s, p in workdir_steps(path).items()]
 
 
 def _fmt(v: float | None, spec: str) -> str:

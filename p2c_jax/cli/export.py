@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
-        "training workdir (its latest step)",
+        "training workdir (its newest step that restores)",
     )
     p.add_argument("--net", default="genA2B", choices=GENERATORS, help="default: %(default)s")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_compile_cache(args.compile_cache)
     from p2c_jax.export import ExportError, NotEqualError, Request, export, validate
     from p2c_jax.inference import FACE_SIZE
-    from p2c_jax.weights.checkpoint import CheckpointError
+    from p2c_jax.paths import as_path
+    from p2c_jax.weights.checkpoint import CheckpointError, resolve
     from p2c_jax.weights.convert import load_any
 
     req = Request(args.fmt, Path(args.dst), batch, args.precision, args.img_size, args.force)
@@ -98,15 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    weights = args.weights
     try:  # loaded once before export loads it: a damaged file fails in many ways, not export's
-        load_any(args.weights, [args.net])
+        if as_path(weights).is_dir():  # a workdir's step chosen once (a damaged one said once)
+            weights = str(resolve(weights))
+        load_any(weights, [args.net])
     except Exception as e:  # noqa: BLE001
         print(unusable_weights(args.weights, e), file=sys.stderr)
         return 2
     then = "" if args.no_check else ", then checking it against our JAX generator"
     print(f"writing the {args.fmt} file{then}", flush=True)
     try:
-        report = export(args.weights, args.net, req, check=not args.no_check)
+        report = export(weights, args.net, req, check=not args.no_check)
     except CheckpointError as e:
         print(f"error: unusable weights: {e}", file=sys.stderr)
         return 2

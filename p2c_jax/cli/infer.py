@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
-        "training workdir (its latest step)",
+        "training workdir (its newest step that restores)",
     )
     p.add_argument(
         "--batch_size",

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
-        "training workdir (its latest step)",
+        "training workdir (its newest step that restores)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     p.add_argument(

@@ -10,13 +10,20 @@ A checkpoint ``WORKDIR/checkpoints/<step>/`` holds four Orbax items:
 
 Format 1 (before format numbers) stored the optimizer states flattened, one key per leaf with
 their paths in ``meta``; ``restore`` still reads it (docs/checkpoints.md).
+
+``restore_newest`` resumes from the newest step that restores: a newer, damaged one is moved
+aside to ``<step>.corrupt-<UTC time>`` (a name Orbax does not read as a step), never deleted.
 """
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from p2c_jax.nn.models import TRAINING_NETS, NetSpec
@@ -24,7 +31,7 @@ from p2c_jax.parallel import put_replicated
 from p2c_jax.train.config import Hparams
 from p2c_jax.train.errors import TrainError
 from p2c_jax.train.state import TrainModel, Tree
-from p2c_jax.weights.checkpoint import nets_to_tree, tree_to_nets
+from p2c_jax.weights.checkpoint import damage, nets_to_tree, tree_to_nets
 
 FORMAT = 2
 TRAIN_STATE = ("step", "opt_g", "opt_d")  # the item train_state; the nets go to nets
@@ -76,6 +83,53 @@ def restore(
         rest = put_replicated(_format1_train_state(rest, head.meta, target, where), mesh)
     state = put_replicated({k: v for k, v in nets.items() if k not in TRAIN_STATE}, mesh)
     return {**state, **rest}, head.meta
+
+
+def restore_newest(
+    manager: ocp.CheckpointManager,
+    model: TrainModel,
+    hp: Hparams,
+    mesh: Mesh,
+    log: Callable[[str], None],
+) -> tuple[int, Tree, dict] | None:
+    """(step, state, meta) of the newest checkpoint that restores (``restore``), None when none
+    does. Each newer one whose files are damaged (``weights.checkpoint.damage``; any other
+    error raises) is moved aside by process 0, with one line; every process agrees on each
+    step's verdict (a step damaged for one is damaged for all) and waits for the move."""
+    damaged, restored = [], None
+    for step in sorted(manager.all_steps(), reverse=True):
+        why = None
+        try:
+            restored = (step, *restore(manager, step, model, hp, mesh))
+        except Exception as e:  # narrowed by damage(): anything else raises
+            why = damage(e, manager.directory / str(step))
+            if why is None:
+                raise
+        if _restored_everywhere(why is None):
+            break
+        damaged.append((step, why or "damaged on another host"))
+        restored = None
+    if not damaged:
+        return restored
+    then = f"resuming from step {restored[0]}" if restored else "starting from scratch"
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    for step, why in damaged:
+        aside = manager.directory / f"{step}.corrupt-{when}"
+        if jax.process_index() == 0:
+            (manager.directory / str(step)).rename(aside)
+        log(
+            f"p2c-train: checkpoint step {step} does not restore ({why}); moved it to {aside}; {then}"
+        )
+    ocp.multihost.sync_global_processes("p2c_jax_damaged_checkpoints_moved")
+    manager.reload()  # forget the steps moved aside
+    return restored
+
+
+def _restored_everywhere(ok: bool) -> bool:
+    """Whether every process restored its part of a step."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _format1_train_state(flat: dict, meta: dict, target: Tree, where: str) -> Tree:

@@ -253,21 +253,23 @@ def _manager(cfg: Config, workdir: epath.Path) -> ocp.CheckpointManager:
 
 
 def _initial_state(cfg: Config, model: TrainModel, manager, mesh: Mesh, log) -> dict:
-    """The state to start from, replicated on ``mesh``: the latest checkpoint's with
-    ``--resume``, else fresh or ``--pretrained_weights`` nets."""
+    """The state to start from, replicated on ``mesh``: with ``--resume`` the newest
+    checkpoint's that restores (damaged newer ones moved aside), else fresh or
+    ``--pretrained_weights`` nets."""
     where = manager.directory
     latest = manager.latest_step()
-    if latest is None:
-        if cfg.resume:
-            log(f"--resume: no checkpoint under {where} yet: starting from step 0")
-        nets = initial_nets(cfg, model.specs, log)
-        return put_replicated(model.init_state(nets, cfg.hparams), mesh)
-    if not cfg.resume:
+    if latest is not None and not cfg.resume:
         raise TrainError(
             f"--workdir {where.parent} already holds checkpoints up to step {latest}: "
             "pass --resume true to continue that run, or choose another --workdir"
         )
-    state, meta = checkpointing.restore(manager, latest, model, cfg.hparams, mesh)
+    restored = checkpointing.restore_newest(manager, model, cfg.hparams, mesh, log)
+    if restored is None:
+        if cfg.resume and latest is None:
+            log(f"--resume: no checkpoint under {where} yet: starting from step 0")
+        nets = initial_nets(cfg, model.specs, log)
+        return put_replicated(model.init_state(nets, cfg.hparams), mesh)
+    latest, state, meta = restored
     if meta.get("batch_size") != cfg.batch_size or meta.get("seed") != cfg.seed:
         log(
             f"warning: resuming a run of --batch_size {meta.get('batch_size')} --seed "

@@ -3,8 +3,9 @@
 ``nets`` is ``{net: nested state}`` (string keys, our layouts), ``config`` is
 ``{net: NetSpec json}``. A training run writes the same two items (plus its optimizer and data
 state) into each step of an Orbax ``CheckpointManager`` under ``<workdir>/checkpoints``; every
-reader here accepts such a workdir and then uses its latest step. ``steps`` lists a workdir's
-steps and ``best_checkpoint`` finds the one that scored best (``--eval_freq``). Nets outside
+reader here accepts such a workdir and then uses its newest step that restores (``resolve``: a
+damaged newer one is named in a warning line, never changed). ``steps`` lists a workdir's steps
+and ``best_checkpoint`` finds the one that scored best (``--eval_freq``). Nets outside
 ``NetSpec`` (the FID Inception) use the same layout with items ``params`` and ``config``
 (``write_items``, ``read_config``, ``read_tree``).
 """
@@ -33,6 +34,10 @@ CHECKPOINTS = "checkpoints"
 EVAL_DIR = "eval"  # a training workdir's evaluation records (train.evaluation)
 SETTINGS_FILE = "settings.json"  # under EVAL_DIR: the run's select_by, for best_checkpoint
 NetWeights = dict[str, tuple[NetSpec, nnx.State]]
+# TensorStore's status for bytes it cannot read back (truncated, garbled, missing); its other
+# codes (UNAVAILABLE, PERMISSION_DENIED, ...) and Orbax's own checks (a shape or tree that does
+# not fit) are not damage
+_DAMAGE_STATUS = re.compile(r"^(DATA_LOSS|OUT_OF_RANGE|FAILED_PRECONDITION|NOT_FOUND): ")
 
 
 class CheckpointError(ValueError):
@@ -162,6 +167,22 @@ def _path(directory: str | os.PathLike) -> epath.Path:
         raise CheckpointError(str(e)) from None
 
 
+def damage(e: BaseException, where: epath.Path) -> str | None:
+    """Why checkpoint ``where`` does not restore when ``e`` (or the error it came from) says
+    its files are damaged: a missing file, metadata that is not JSON, bytes TensorStore cannot
+    read. None for any other error (a programming error), which callers raise again."""
+    while e is not None:
+        if isinstance(e, (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError)) or (
+            type(e) is ValueError and _DAMAGE_STATUS.match(str(e))
+        ):
+            line = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else str(e)
+            # one line, "; " left to separate the fields of the lines that quote it
+            line = line.splitlines()[0].replace(f"{where}/", "").replace(";", ",")
+            return line if len(line) <= 200 else line[:199] + "…"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def steps(root: str | os.PathLike) -> dict[int, epath.Path]:
     """``{step: folder}`` of the checkpoints saved under ``root`` (a workdir's ``checkpoints/``),
     in ascending order: the folders named by an integer that hold a ``nets`` item."""
@@ -169,18 +190,52 @@ def steps(root: str | os.PathLike) -> dict[int, epath.Path]:
     return {s: p for s, p in sorted(found) if (p / "nets").is_dir()}
 
 
-def resolve(directory: str | os.PathLike) -> epath.Path:
-    """The checkpoint to read: ``directory`` itself, or the latest step of a training workdir."""
+def is_checkpoint(directory: epath.Path) -> bool:
+    """Whether ``directory`` is one checkpoint (its own config/ and nets/ items)."""
+    return (directory / "config").is_dir() and (directory / "nets").is_dir()
+
+
+def workdir_steps(directory: str | os.PathLike) -> dict[int, epath.Path]:
+    """``steps`` of a training workdir (or of its ``checkpoints/``); CheckpointError if none."""
     d = _path(directory)
-    if (d / "config").is_dir() and (d / "nets").is_dir():
-        return d
     for root in (d / CHECKPOINTS, d):
         found = steps(root)
         if found:
-            return found[max(found)]
+            return found
     raise CheckpointError(
         f"{d}: not a p2c-jax checkpoint or training workdir "
         "(no config/ and nets/ items, no checkpoints/<step>/)"
+    )
+
+
+def resolve(directory: str | os.PathLike) -> epath.Path:
+    """The checkpoint to read: ``directory`` itself, or the newest step of a training workdir
+    whose ``config`` and ``nets`` restore; each newer step that does not is named in one warning
+    line (and left as it is: a reader changes nothing in a workdir a run may be writing)."""
+    d = _path(directory)
+    if is_checkpoint(d):
+        return d
+    found = workdir_steps(d)
+    damaged = []
+    for step in sorted(found, reverse=True):
+        try:
+            read_config(found[step])
+            read_tree(found[step], "nets")
+        except Exception as e:  # narrowed by damage(): anything else raises
+            why = damage(e, found[step])
+            if why is None:
+                raise
+            damaged.append((step, why))
+            continue
+        for bad, why in damaged:
+            logging.getLogger(__name__).warning(
+                f"checkpoint step {bad} of {d} does not restore ({why}); using step {step}"
+            )
+        return found[step]
+    raise CheckpointError(
+        f"{d}: no checkpoint restores ("
+        + "; ".join(f"step {step}: {why}" for step, why in damaged)
+        + ")"
     )
 
 
@@ -223,9 +278,17 @@ def best_checkpoint(workdir: str | os.PathLike, select_by: str | None = None) ->
 
 
 def load_nets(directory: str | os.PathLike, nets: list[str] | None = None) -> NetWeights:
-    """Weights of every net (or ``nets``) in our checkpoint or a training workdir's latest one."""
+    """Weights of every net (or ``nets``) in our checkpoint or a training workdir's newest one
+    that restores; a damaged checkpoint raises CheckpointError naming the others to choose."""
     path = resolve(directory)
-    config = read_config(path)
+    try:
+        config = read_config(path)
+        tree = read_tree(path, "nets")
+    except Exception as e:  # narrowed by damage(): anything else raises
+        why = damage(e, path)
+        if why is None:
+            raise
+        raise CheckpointError(f"{path}: does not restore ({why}){_others(path)}") from None
     if nets is not None:
         absent = [n for n in nets if n not in config]
         if absent:
@@ -233,4 +296,15 @@ def load_nets(directory: str | os.PathLike, nets: list[str] | None = None) -> Ne
                 f"{path}: has no {', '.join(absent)} (it holds {', '.join(config)})"
             )
         config = {n: config[n] for n in nets}
-    return tree_to_nets(read_tree(path, "nets"), config, str(path))
+    return tree_to_nets(tree, config, str(path))
+
+
+def _others(path: epath.Path) -> str:
+    """How to choose another step than ``path``, when it is one step of a workdir."""
+    others = [str(s) for s in steps(path.parent) if str(s) != path.name]
+    if not (path.name.isdigit() and others):
+        return ""
+    return (
+        f"; pass another of its steps ({', '.join(others)}) or the workdir "
+        f"{path.parent.parent} itself (its newest step that restores)"
+    )

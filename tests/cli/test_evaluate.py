@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers.damage import damage
 
 from p2c_jax.cli import evaluate
 from p2c_jax.data.demo import build_demo
@@ -136,6 +137,24 @@ def test_evaluate_refuses_unusable_inputs(setup, tmp_path, capsys):
     assert "absent: not a p2c-jax checkpoint" in err
     assert "absent.pt: no such file" in err
     assert "no images" in err
+
+
+def test_evaluate_a_damaged_step_asked_for_is_one_error_line(setup, tmp_path, capsys):
+    """Step 4 with garbled nets: exit 2 and one line naming it and the steps to pass instead
+    (a workdir falls back to step 2: tests/cli/test_damaged_checkpoint.py)."""
+    root, data, work = setup
+    broken = tmp_path / "work"
+    shutil.copytree(work, broken)
+    damage(broken / CHECKPOINTS / "4", "garbled")
+    out = tmp_path / "m.json"
+    assert evaluate.main(_args(root, data, broken / CHECKPOINTS / "4", out, "--no_identity")) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error")]
+    assert f"{broken / CHECKPOINTS / '4'}: does not restore (FAILED_PRECONDITION: " in line
+    assert line.endswith(
+        f"pass another of its steps (2) or the workdir {broken} itself (its "
+        "newest step that restores)"
+    ), line
+    assert json.loads(out.read_text())["results"][0]["step"] == 4
 
 
 def test_evaluate_without_inception_weights_says_how_to_make_them(

@@ -25,13 +25,16 @@ from p2c_jax.weights.convert import load_torch
 def _fake_run(workdir: Path, select_by: str, keep: int, scores: dict[int, dict | None]) -> None:
     cfg = types.SimpleNamespace(keep=keep, eval_freq=1, select_by=select_by)
     manager = ocp.CheckpointManager(
-        workdir / CHECKPOINTS, options=evaluation.manager_options(cfg), item_names=("nets",)
+        workdir / CHECKPOINTS,
+        options=evaluation.manager_options(cfg),
+        item_names=("nets", "config"),
     )
     for step, metrics in scores.items():
-        tree = {"w": np.full((2,), step, np.float32)}
-        manager.save(
-            step, args=ocp.args.Composite(nets=ocp.args.StandardSave(tree)), metrics=metrics
+        items = ocp.args.Composite(
+            nets=ocp.args.StandardSave({"w": np.full((2,), step, np.float32)}),
+            config=ocp.args.JsonSave({}),  # what a reader reads first
         )
+        manager.save(step, args=items, metrics=metrics)
     manager.wait_until_finished()
     manager.close()
     (workdir / checkpoint.EVAL_DIR).mkdir(exist_ok=True)

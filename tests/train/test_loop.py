@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +23,11 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 from helpers.ci_required import require
+from helpers.damage import KINDS, damage
 
 from p2c_jax.data.demo import build_demo
 from p2c_jax.nn.models import TRAINING_NETS
-from p2c_jax.parallel import make_mesh
+from p2c_jax.parallel import host_value, make_mesh
 from p2c_jax.pytorch import nets as torch_port
 from p2c_jax.train import loop as trainer
 from p2c_jax.train.config import Config
@@ -90,13 +93,19 @@ def _assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> N
 
 
 @pytest.fixture(scope="module")
-def straight(dataset, tmp_path_factory) -> dict[int, dict[str, np.ndarray]]:
-    """The arrays of steps 2 and 4 of a run trained without a stop: the reference of the
-    resumes (4) and of the TFRecords run (2)."""
+def straight_workdir(dataset, tmp_path_factory) -> Path:
+    """The workdir of a run trained without a stop: checkpoints 2 and 4 (copy it to change it)."""
     workdir = tmp_path_factory.mktemp("straight")
     assert trainer.train(_config(dataset, workdir)) == 4
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-    return {step: _final(workdir / "checkpoints" / str(step)) for step in (2, 4)}
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def straight(straight_workdir) -> dict[int, dict[str, np.ndarray]]:
+    """The arrays of steps 2 and 4 of ``straight_workdir``: the reference of the resumes (4)
+    and of the TFRecords run (2)."""
+    return {step: _final(straight_workdir / "checkpoints" / str(step)) for step in (2, 4)}
 
 
 @pytest.mark.slow
@@ -116,6 +125,44 @@ def test_resume_continues_exactly(dataset, straight, tmp_path, caplog):
     _assert_same_arrays(straight[4], _final(tmp_path / "split"))
     compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling")]
     assert not compiled, compiled
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("trainer")
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_moves_a_damaged_checkpoint_aside(
+    dataset, straight_workdir, straight, tmp_path, kind
+):
+    """Step 4 damaged (issue 28's three ways): --resume moves it aside to 4.corrupt-<UTC time>
+    with one line and restores step 2's arrays exactly (as a multiset: the run's state has
+    another layout than the checkpoint's items)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(straight_workdir, workdir)
+    damage(workdir / "checkpoints" / "4", kind)
+    logs: list[str] = []
+    run = trainer.setup(
+        _config(dataset, workdir, resume=True), mesh=make_mesh(jax.devices()[:1]), log=logs.append
+    )
+    try:
+        assert run.start == 2 and run.manager.all_steps() == [2]
+        assert _leaves(run.state) == _leaves(straight[2])
+    finally:
+        run.manager.close()
+    (aside,) = (workdir / "checkpoints").glob("4.corrupt-*")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", aside.name]
+    assert re.fullmatch(r"4\.corrupt-\d{8}T\d{6}", aside.name)
+    (line,) = [m for m in logs if "does not restore" in m]
+    assert re.fullmatch(
+        rf"p2c-train: checkpoint step 4 does not restore \(.+\); moved it to "
+        rf"{re.escape(str(aside))}; resuming from step 2",
+        line,
+    ), line
+
+
+def _leaves(tree) -> list[tuple[str, bytes]]:
+    """Every array of ``tree`` as (dtype, bytes), sorted: equal for equal values in any layout."""
+    leaves = [np.asarray(host_value(x)) for x in jax.tree.leaves(tree)]
+    return sorted((x.dtype.str, x.tobytes()) for x in leaves)
 
 
 @pytest.mark.slow
