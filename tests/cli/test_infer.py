@@ -365,10 +365,10 @@ UNUSABLE = {  # kind: what the error line says after the path
     "no_genA2B": "has no genA2B (it holds genB2A)",
     "wrong_shapes": "does not fit the photo2cartoon networks:",  # then a line per problem
     "empty_dir": "not a p2c-jax checkpoint or training workdir",
-    "checkpoint_no_metadata": "damaged checkpoint (FileNotFoundError: Metadata file (named "
+    "checkpoint_no_metadata": "does not restore (FileNotFoundError: Metadata file (named "
     "_METADATA) does not exist",
-    "checkpoint_random_index": "damaged checkpoint (ValueError: DATA_LOSS: ",
-    "checkpoint_random_arrays": "damaged checkpoint (ValueError: ",
+    "checkpoint_random_index": "does not restore (DATA_LOSS: ",
+    "checkpoint_random_arrays": "does not restore (FAILED_PRECONDITION: ",
 }
 
 
