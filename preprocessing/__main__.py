@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--save_path {args.save_path}: a local folder is needed (write locally, then copy "
             "it, e.g. gcloud storage cp -r)"
         )
+    if args.format != "tfrecord" and not args.tfrecords:
+        parser.error(f"--format {args.format}: only with --tfrecords (dataset mode)")
     # the inputs, then the extras, before anything is written
     root = Path(args.data_path[0])
     if args.tfrecords:
