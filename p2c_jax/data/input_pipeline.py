@@ -198,9 +198,9 @@ def _refuse_remote_shards(dataset: str, uri: str) -> None:
     """DatasetError for ArrayRecord shards in a bucket: array_record reads local files only."""
     if not uri.startswith("gs://"):
         return
-    from p2c_jax.paths import as_path
+    from etils import epath  # not paths.as_path: TFRecords on gs:// need no google-cloud-storage
 
-    if any(as_path(uri).glob(f"{array_record.FOLDER}/*.{array_record.FOLDER}-*")):
+    if any(epath.Path(uri).glob(f"{array_record.FOLDER}/*.{array_record.FOLDER}-*")):
         raise DatasetError(
             f"--dataset {dataset}: array_record reads ArrayRecord shards from local files only; "
             f"mount the bucket with gcsfuse and pass the mounted folder (docs/cloud.md)"
