@@ -1,12 +1,12 @@
 """Batches/s of `train_batches` with augmentation at 256 px, against what training needs.
 
     python bench/input_pipeline.py [--img_size 256] [--batches 1 8] [--seconds 10] [--workers 3]
-        [--sources folders tfrecords stream]
+        [--sources folders tfrecords stream grain]
 
 The source images are the demo photos and cartoons built at 256 px (the size of the
 original's aligned faces), read as image folders, as TFRecords small enough to be held
 (encoded) whole, and as TFRecords streamed through tf.data (a shuffle buffer smaller than
-the split forces it). A train step at 256 px takes well over 1 s on this CPU, so a rate
+the split forces it), and as ArrayRecord shards read through Grain. A train step at 256 px takes well over 1 s on this CPU, so a rate
 above 10 batches/s means the input pipeline is never the bottleneck here.
 """
 
@@ -22,7 +22,7 @@ from p2c_jax.data.input_pipeline import train_batches
 
 REQUIRED = 10.0  # batches/s: ten times the fastest train step here
 N_TRAIN = 64
-SHUFFLE_BUFFER = {"folders": None, "tfrecords": None, "stream": N_TRAIN // 2}
+SHUFFLE_BUFFER = {"folders": None, "tfrecords": None, "stream": N_TRAIN // 2, "grain": None}
 
 
 def rate(
@@ -49,14 +49,19 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folders = build_demo(Path(tmp) / "demo256", n_train=N_TRAIN, n_test=1, size=256)
-        records = None
-        if set(args.sources) - {"folders"}:
+        datasets = {"folders": folders}
+        if {"tfrecords", "stream"} & set(args.sources):
             from preprocessing.tfrecords import write_dataset
 
-            records = Path(tmp) / "records"
-            write_dataset(folders, records)
+            datasets["tfrecords"] = datasets["stream"] = Path(tmp) / "records"
+            write_dataset(folders, datasets["tfrecords"])
+        if "grain" in args.sources:
+            from preprocessing import array_record
+
+            datasets["grain"] = Path(tmp) / "shards"
+            array_record.write_dataset(folders, datasets["grain"] / array_record.FOLDER)
         for source in args.sources:
-            dataset = folders if source == "folders" else records
+            dataset = datasets[source]
             for batch in args.batches:
                 r = rate(
                     dataset,

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset mode: process trainA/testA, store trainB/testB, then write TFRecords to SAVE_PATH/tfrecords",
     )
     p.add_argument(
+        "--format",
+        choices=("tfrecord", "array_record"),
+        default="tfrecord",
+        help="dataset mode: TFRecords (SAVE_PATH/tfrecords, tf.data) or ArrayRecord shards for Grain on pods (SAVE_PATH/array_record; the grain extra)",
+    )
+    p.add_argument(
         "--cartoons",
         choices=("copy", "process"),
         default="copy",
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--save_path {args.save_path}: a local folder is needed (write locally, then copy "
             "it, e.g. gcloud storage cp -r)"
         )
+    if args.format != "tfrecord" and not args.tfrecords:
+        parser.error(f"--format {args.format}: only with --tfrecords (dataset mode)")
     # the inputs, then the extras, before anything is written
     root = Path(args.data_path[0])
     if args.tfrecords:
@@ -81,7 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.tfrecords:
         try:
-            from .tfrecords import write_dataset
+            if args.format == "array_record":
+                from .array_record import write_dataset
+            else:
+                from .tfrecords import write_dataset
         except ModuleNotFoundError as e:
             print(f"error: --tfrecords: {e}", file=sys.stderr)
             return 2
@@ -99,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = run(discover([str(root / split)]), save_path / split, process, **common)
         print(f"{split}: {s.line()}", file=sys.stderr)
         total.add(s)
-    counts = write_dataset(save_path, save_path / "tfrecords", splits)
-    print("tfrecords: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), file=sys.stderr)
+    folder = "tfrecords" if args.format == "tfrecord" else "array_record"
+    counts = write_dataset(save_path, save_path / folder, splits)
+    print(f"{folder}: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), file=sys.stderr)
     return total.exit_code
 
 

