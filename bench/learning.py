@@ -69,7 +69,7 @@ def cartoons(args, data: Path, work: Path, steps: list[int]):
     each kept checkpoint in ``steps``."""
     import numpy as np
 
-    from p2c_jax.data.input_pipeline import to_unit_range
+    from p2c_jax.data.augment import to_unit_range
     from p2c_jax.eval.evaluator import quantize
     from p2c_jax.inference import forward
     from p2c_jax.nn.models import training_specs

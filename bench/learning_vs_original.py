@@ -73,7 +73,8 @@ def original_loader(folder: Path, img_size: int):
     import torch
     from PIL import Image
 
-    from p2c_jax.data.input_pipeline import RESIZE_MARGIN, list_images, to_unit_range
+    from p2c_jax.data.augment import RESIZE_MARGIN, to_unit_range
+    from p2c_jax.data.input_pipeline import list_images
 
     files = list_images(folder)
     big = img_size + RESIZE_MARGIN

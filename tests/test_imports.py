@@ -32,13 +32,15 @@ BLOCKED = (
 NEEDS_AN_EXTRA = {
     # the PyTorch port: the torch extra (its own message, tests/test_layout.py)
     "p2c_jax.pytorch": "p2c-jax[torch]",
-    # the ASGI app: Starlette and python-multipart at module level (the serve extra)
+    # the ASGI app and its uvicorn protocol: Starlette, python-multipart and uvicorn at module
+    # level (the serve extra)
     "p2c_jax.serve.app": "p2c-jax[serve]",
+    "p2c_jax.serve.connections": "p2c-jax[serve]",
     # the TFRecord writer: its tfds builder class subclasses a tensorflow-datasets class at
     # module level (the preprocess extra); only `python -m preprocessing` imports it, lazily
     "preprocessing.tfrecords": "p2c-jax[preprocess]",
 }
-# No module imports p2c_jax.serve.app at module level (p2c_jax.cli.serve does in main()).
+# No module imports these two at module level (p2c_jax.cli.serve does in main()).
 
 _SCRIPT = """
 import importlib, importlib.abc, json, pkgutil, sys

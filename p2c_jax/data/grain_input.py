@@ -1,6 +1,6 @@
 """Training input from ArrayRecord shards (`preprocessing.array_record`) through Grain, for pods.
 
-The global order is the folder reader's (`input_pipeline`): position p of the global
+The global order is the folder reader's (the draws of `augment`): position p of the global
 batches is image `epoch_permutation(seed, domain, e)[o]` with (e, o) = divmod(p, split size),
 transformed with the draws of its (step, index in the global batch). The split's shards are
 one random-access source whose record keys are the images' indices, so each process reads
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from p2c_jax.data import input_pipeline as ip
+from p2c_jax.data.augment import augment_params, decode_image, epoch_permutation, transform
 from preprocessing import array_record
 from preprocessing.extras import needs
 from preprocessing.files import is_url
+from preprocessing.splits import SPLITS
 
 _END = 2**62  # positions of an endless stream
 
@@ -35,7 +36,7 @@ def find_shards(dataset_dir: str | os.PathLike) -> Path | None:
     if is_url(os.fspath(dataset_dir)):
         return None
     for cand in (Path(dataset_dir) / array_record.FOLDER, Path(dataset_dir)):
-        if any(array_record.split_shards(cand, s) for s in ip.SPLITS):
+        if any(array_record.split_shards(cand, s) for s in SPLITS):
             return cand
     return None
 
@@ -100,10 +101,10 @@ def train_batches(
     def example(position: int) -> np.ndarray:
         step, k = divmod(position, per)
         epoch, offset = divmod(step * global_batch + lo + k, n)
-        key = int(ip.epoch_permutation(seed, domain, epoch, n)[offset])
+        key = int(epoch_permutation(seed, domain, epoch, n)[offset])
         _, png = array_record.decode_example(source[key])
-        aug = ip.augment_params(seed, domain, step, lo + k) if augment else None
-        return ip.transform(ip.decode_image(png), img_size, aug)
+        aug = augment_params(seed, domain, step, lo + k) if augment else None
+        return transform(decode_image(png), img_size, aug)
 
     options = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch * per)
     batches = (
@@ -118,6 +119,5 @@ def train_batches(
 def first_images(source, n: int) -> list:
     """The first `n` images of a split (fewer if it is smaller), in the reader's order."""
     return [
-        ip.decode_image(array_record.decode_example(source[i])[1])
-        for i in range(min(n, len(source)))
+        decode_image(array_record.decode_example(source[i])[1]) for i in range(min(n, len(source)))
     ]

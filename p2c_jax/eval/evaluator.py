@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from p2c_jax.data.input_pipeline import to_unit_range
+from p2c_jax.data.augment import to_unit_range
 from p2c_jax.eval import inception, metrics
 from p2c_jax.eval.features import Reference, Sharded
 from p2c_jax.eval.identity import DlibIdentity, MobileFaceNetIdentity, cosine

@@ -24,7 +24,7 @@ import cv2
 import jax
 import numpy as np
 
-from p2c_jax.data.input_pipeline import to_unit_range
+from p2c_jax.data.augment import to_unit_range
 from p2c_jax.eval.features import Sharded
 from p2c_jax.nn.face_id import FaceID
 from p2c_jax.weights.convert import load_face_id

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import h11
-import uvicorn
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from preprocessing.extras import needs
+
+with needs("serve", "p2c-serve (p2c_jax.serve.connections)"):
+    import h11
+    import uvicorn
+    from starlette.responses import JSONResponse
+    from starlette.types import ASGIApp
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("p2c_jax.serve")
 

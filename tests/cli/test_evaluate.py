@@ -13,8 +13,8 @@ from flax import nnx
 from helpers.damage import damage
 
 from p2c_jax.cli import evaluate
+from p2c_jax.data.augment import to_unit_range
 from p2c_jax.data.demo import build_demo
-from p2c_jax.data.input_pipeline import to_unit_range
 from p2c_jax.eval import evaluator as ev
 from p2c_jax.eval import features, inception, inception_weights, metrics
 from p2c_jax.inference import forward

@@ -10,7 +10,7 @@ from flax import nnx
 from helpers.ci_required import missing, require
 from PIL import Image
 
-from p2c_jax.data.input_pipeline import to_unit_range
+from p2c_jax.data.augment import to_unit_range
 from p2c_jax.eval import evaluator as ev
 from p2c_jax.eval import identity, inception, inception_weights, metrics
 from p2c_jax.eval.features import FeatureExtractor, Reference

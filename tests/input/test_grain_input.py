@@ -11,6 +11,7 @@ from helpers.ci_required import require
 from PIL import Image
 
 from p2c_jax.data import input_pipeline as ip
+from p2c_jax.data.augment import batch_file_indices
 from preprocessing.splits import SPLITS
 
 require("grain", "the grain extra")
@@ -103,7 +104,7 @@ def test_each_process_reads_only_its_slice(shards):
             for _ in range(STEPS):
                 next(it)
         mine = [
-            int(ip.batch_file_indices(7, "A", s, BATCH, n)[k])
+            int(batch_file_indices(7, "A", s, BATCH, n)[k])
             for s in range(STEPS)
             for k in range(pi * per, (pi + 1) * per)
         ]
@@ -120,7 +121,7 @@ def test_resume_at_step_k_reads_nothing_before_it(shards):
         counting, "A", BATCH, SIZE, True, 7, 0, 1, k, prefetch=0, workers=1
     ) as it:
         next(it)
-    first = ip.batch_file_indices(7, "A", k, BATCH, len(src))
+    first = batch_file_indices(7, "A", k, BATCH, len(src))
     assert counting.keys[:BATCH] == [int(i) for i in first]
     assert len(counting.keys) <= 2 * BATCH  # that batch and at most one ahead, no earlier step
 

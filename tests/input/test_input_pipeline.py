@@ -14,6 +14,7 @@ from helpers.ci_required import require
 from PIL import Image, ImageOps
 
 from p2c_jax.data import input_pipeline as ip
+from p2c_jax.data.augment import Augment, augment_params, batch_file_indices, epoch_permutation
 from p2c_jax.data.demo import build_demo
 
 SIZE = 32
@@ -35,7 +36,7 @@ def _pil_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def _reference_example(path: Path, aug: ip.Augment | None) -> np.ndarray:
+def _reference_example(path: Path, aug: Augment | None) -> np.ndarray:
     """The original's transforms re-done with PIL alone: flip, resize, crop, x / 127.5 - 1."""
     img = _pil_rgb(path)
     if aug is None:
@@ -67,7 +68,7 @@ def test_unaugmented_batches_are_pil_bilinear_resizes(demo):
     files = _files(demo, "trainA")
     for step, batch in enumerate(_take(ip.train_batches(demo, "A", 5, SIZE, False, seed=7), 3)):
         assert batch.shape == (5, SIZE, SIZE, 3) and batch.dtype == np.float32
-        idx = ip.batch_file_indices(7, "A", step, 5, len(files))
+        idx = batch_file_indices(7, "A", step, 5, len(files))
         want = np.stack([_reference_example(files[i], None) for i in idx])
         np.testing.assert_allclose(batch, want, atol=1e-6)
 
@@ -76,24 +77,20 @@ def test_augmented_batches_match_a_pil_reimplementation(demo):
     files = _files(demo, "trainB")
     batches = _take(ip.train_batches(demo, "B", 4, SIZE, True, seed=3, start_step=10), 3)
     for step, batch in enumerate(batches, start=10):
-        idx = ip.batch_file_indices(3, "B", step, 4, len(files))
+        idx = batch_file_indices(3, "B", step, 4, len(files))
         want = [
-            _reference_example(files[i], ip.augment_params(3, "B", step, k))
-            for k, i in enumerate(idx)
+            _reference_example(files[i], augment_params(3, "B", step, k)) for k, i in enumerate(idx)
         ]
         np.testing.assert_allclose(batch, np.stack(want), atol=1e-6)
 
 
 def test_augment_draws_cover_flips_and_all_crop_offsets():
-    draws = [ip.augment_params(0, "A", step, k) for step in range(100) for k in range(8)]
+    draws = [augment_params(0, "A", step, k) for step in range(100) for k in range(8)]
     flips = np.mean([d.flip for d in draws])
     assert 0.44 < flips < 0.56
     assert {d.top for d in draws} == set(range(31)) == {d.left for d in draws}
-    assert ip.augment_params(0, "A", 5, 1) == ip.augment_params(0, "A", 5, 1)
-    assert (
-        len({ip.augment_params(0, dom, 5, 1) for dom in "AB"} | {ip.augment_params(1, "A", 5, 1)})
-        > 1
-    )
+    assert augment_params(0, "A", 5, 1) == augment_params(0, "A", 5, 1)
+    assert len({augment_params(0, dom, 5, 1) for dom in "AB"} | {augment_params(1, "A", 5, 1)}) > 1
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -115,16 +112,14 @@ def test_process_slices_concatenate_to_the_global_batch_and_resume(demo, augment
 
 def test_epochs_are_fresh_permutations_and_domains_differ():
     n, batch = 10, 4  # batches straddle epochs
-    flat = np.concatenate([ip.batch_file_indices(5, "A", t, batch, n) for t in range(10)])
+    flat = np.concatenate([batch_file_indices(5, "A", t, batch, n) for t in range(10)])
     epochs = flat.reshape(4, n)
     for e in epochs:
         assert sorted(e) == list(range(n))
     assert len({tuple(e) for e in epochs}) == 4
-    a, b = (np.concatenate([ip.epoch_permutation(5, d, e, 50) for e in range(2)]) for d in "AB")
+    a, b = (np.concatenate([epoch_permutation(5, d, e, 50) for e in range(2)]) for d in "AB")
     assert not np.array_equal(a, b)
-    assert not np.array_equal(
-        ip.epoch_permutation(5, "A", 0, 50), ip.epoch_permutation(6, "A", 0, 50)
-    )
+    assert not np.array_equal(epoch_permutation(5, "A", 0, 50), epoch_permutation(6, "A", 0, 50))
 
 
 def test_test_images_are_the_first_sorted_files_resized(demo):

@@ -16,6 +16,7 @@ from PIL import Image
 
 from p2c_jax.data import input_pipeline as ip
 from p2c_jax.data import tfrecords
+from p2c_jax.data.augment import augment_params, transform
 from preprocessing.splits import SPLITS
 
 # the TFRecord writer needs tensorflow-datasets
@@ -117,9 +118,9 @@ def _folder_examples(source: Path, names: list[str], step: int, p: int, augment:
     of 2 (global batch 4), decoded from the PNGs and transformed as the folder reader does."""
     out = []
     for k, name in enumerate(names):
-        aug = ip.augment_params(5, "A", step, 2 * p + k) if augment else None
+        aug = augment_params(5, "A", step, 2 * p + k) if augment else None
         with Image.open(source / "trainA" / name) as im:
-            out.append(ip.transform(im.convert("RGB"), SIZE, aug))
+            out.append(transform(im.convert("RGB"), SIZE, aug))
     return np.stack(out)
 
 
