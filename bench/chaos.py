@@ -101,28 +101,35 @@ class Run:
         return rc
 
 
-def _saving(workdir: Path) -> bool:
+def _saving(workdir: Path, since: float) -> bool:
+    """Whether a checkpoint's temporary folder made after ``since`` is there (a killed run's
+    may stay until the next save of that step)."""
     ckpts = workdir / "checkpoints"
-    return ckpts.is_dir() and any(TMP in n for n in os.listdir(ckpts))
+    try:
+        return any(TMP in p.name and p.stat().st_mtime >= since for p in ckpts.iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def kill_once(cmd: list[str], workdir: Path, aim: str, rng: random.Random) -> dict:
-    """One run of ``cmd`` killed with SIGKILL at ``aim`` (``PHASES``); where it landed."""
+    """One run of ``cmd`` killed with SIGKILL at ``aim`` (``PHASES``), after 1 or 2 steps of
+    its own for ``step`` (1 for ``save``); where it landed."""
     run = Run(cmd)
     landed, armed = None, None
+    after = 1 if aim == "save" else rng.randint(1, 2)
     while run.proc.poll() is None:
         started = any("training start" in line for line in list(run.lines))
         steps = run.steps()
-        if aim == "save" and steps and _saving(workdir):
+        if aim == "save" and len(steps) >= after and _saving(workdir, run.t0):
             landed = "save"
         elif aim == "start" and started:
             armed = armed or time.time() + rng.uniform(0, 0.5)
             if time.time() >= armed:
                 landed = "start" if not steps else "step"
-        elif aim == "step" and steps:
+        elif aim == "step" and len(steps) >= after:
             armed = armed or time.time() + rng.uniform(0, 0.3)
             if time.time() >= armed:
-                landed = "save" if _saving(workdir) else "step"
+                landed = "save" if _saving(workdir, run.t0) else "step"
         if landed:
             run.proc.kill()
             break
