@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -72,18 +71,12 @@ class Run:
     """``cmd`` in a process of its own; its output collected by a thread."""
 
     def __init__(self, cmd: list[str], limit_bytes: int | None = None):
-        def limit():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
+        if limit_bytes:  # POSIX sh: 512-byte blocks; no fork of this (JAX's) process
+            cmd = ["sh", "-c", f'ulimit -f {limit_bytes // 512} && exec "$@"', "sh", *cmd]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.t0, self.lines = time.time(), []
         self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            preexec_fn=limit if limit_bytes else None,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -101,26 +94,35 @@ class Run:
         return rc
 
 
-def _saving(workdir: Path, since: float) -> bool:
-    """Whether a checkpoint's temporary folder made after ``since`` is there (a killed run's
-    may stay until the next save of that step)."""
-    ckpts = workdir / "checkpoints"
+def _writing(workdir: Path, since: float) -> list[int]:
+    """The steps whose checkpoint's temporary folder, made after ``since``, is there (a killed
+    run's may stay until the next save of that step)."""
     try:
-        return any(TMP in p.name and p.stat().st_mtime >= since for p in ckpts.iterdir())
-    except FileNotFoundError:
-        return False
+        found = [p for p in (workdir / "checkpoints").iterdir() if TMP in p.name]
+        return [int(p.name.split(".")[0]) for p in found if p.stat().st_mtime >= since]
+    except FileNotFoundError:  # not made yet, or renamed meanwhile
+        return []
+
+
+def complete(workdir: Path) -> list[int]:
+    """The steps of the complete checkpoints."""
+    ckpts = workdir / "checkpoints"
+    return (
+        sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    )
 
 
 def kill_once(cmd: list[str], workdir: Path, aim: str, rng: random.Random) -> dict:
     """One run of ``cmd`` killed with SIGKILL at ``aim`` (``PHASES``), after 1 or 2 steps of
     its own for ``step`` (1 for ``save``); where it landed."""
     run = Run(cmd)
-    landed, armed = None, None
+    landed, armed, writing = None, None, []
     after = 1 if aim == "save" else rng.randint(1, 2)
     while run.proc.poll() is None:
         started = any("training start" in line for line in list(run.lines))
         steps = run.steps()
-        if aim == "save" and len(steps) >= after and _saving(workdir, run.t0):
+        writing = _writing(workdir, run.t0)
+        if aim == "save" and len(steps) >= after and writing:
             landed = "save"
         elif aim == "start" and started:
             armed = armed or time.time() + rng.uniform(0, 0.5)
@@ -129,17 +131,18 @@ def kill_once(cmd: list[str], workdir: Path, aim: str, rng: random.Random) -> di
         elif aim == "step" and len(steps) >= after:
             armed = armed or time.time() + rng.uniform(0, 0.3)
             if time.time() >= armed:
-                landed = "save" if _saving(workdir, run.t0) else "step"
+                landed = "save" if writing else "step"
         if landed:
             run.proc.kill()
             break
         time.sleep(0.001)  # a save's temporary folder lasts far longer; leave the run a core
     run.wait()
-    steps = run.steps()
+    done = complete(workdir)
     return {
         "aim": aim,
         "landed": landed or "ended first",
-        "after_step": steps[-1] if steps else None,
+        "writing": writing if landed == "save" else [],
+        "newest_complete": done[-1] if done else None,
         "seconds": round(time.time() - run.t0, 1),
     }
 
@@ -239,21 +242,18 @@ def _resumed_from(out: list[str]) -> int | None:
     return int(found[-1].group(1)) if found and found[-1] else None
 
 
-def errors(out: list[str]) -> list[str]:
-    return [line for line in out if line.startswith(("error:", "warning:"))]
-
-
 def small_disk(cmd: list[str], workdir: Path, limit_bytes: int | None) -> dict:
     """``cmd`` resumed on a small disk (``limit_bytes``: a file-size limit instead): its exit
     status, output lines and the line saying why it stopped."""
     rc, out = finish(cmd, limit_bytes)
-    done = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    done = complete(workdir)
     return {
         "rc": rc,
         "lines": len(out),
         "tracebacks": sum("Traceback" in line for line in out),
-        "said": errors(out),
-        "last_complete": max(done) if done else None,
+        "said": [line for line in out if line.startswith("error:")],
+        "warnings": [line for line in out if line.startswith("warning:")],
+        "last_complete": done[-1] if done else None,
     }
 
 
@@ -273,8 +273,8 @@ def _table(r: dict) -> str:
     rows = ["| what | figure |", "|---|---|"]
     for k in r["kills"]:
         rows.append(
-            f"| kill -9 aimed at {k['aim']} | landed {k['landed']}, after step "
-            f"{k['after_step']}, {k['seconds']} s after start |"
+            f"| kill -9 aimed at {k['aim']} | landed {k['landed']} (writing {k['writing']}), "
+            f"newest complete checkpoint {k['newest_complete']}, {k['seconds']} s after start |"
         )
     f = r["final"]
     rows.append(f"| final state vs straight run | {f['arrays']} arrays, {f['differing']} differ |")
@@ -295,7 +295,7 @@ def _table(r: dict) -> str:
             f"| small disk ({d['mode']}) | rc {d['rc']}, {d['lines']} lines, {d['tracebacks']} "
             f"tracebacks, last complete {d['last_complete']}, intact {d.get('intact')} |"
         )
-        rows += [f"| &nbsp; said | `{line}` |" for line in d["said"]]
+        rows += [f"| &nbsp; said | `{line}` |" for line in d["said"] + d["warnings"]]
     return "\n".join(rows)
 
 

