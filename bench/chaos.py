@@ -113,17 +113,18 @@ def complete(workdir: Path) -> list[int]:
 
 
 def kill_once(cmd: list[str], workdir: Path, aim: str, rng: random.Random) -> dict:
-    """One run of ``cmd`` killed with SIGKILL at ``aim`` (``PHASES``), after 1 or 2 steps of
-    its own for ``step`` (1 for ``save``); where it landed."""
+    """One run of ``cmd`` killed with SIGKILL at ``aim`` (``PHASES``): ``save`` during its
+    second save, ``step`` 1 or 2 steps in; where it landed."""
     run = Run(cmd)
-    landed, armed, writing = None, None, []
-    after = 1 if aim == "save" else rng.randint(1, 2)
+    landed, armed, writing, first = None, None, [], None
+    after = rng.randint(1, 2)
     while run.proc.poll() is None:
         started = any("training start" in line for line in list(run.lines))
         steps = run.steps()
         writing = _writing(workdir, run.t0)
-        if aim == "save" and len(steps) >= after and writing:
-            landed = "save"
+        first = first or min(writing, default=None)
+        if aim == "save" and writing and max(writing) > first:
+            landed = "save"  # its second save: the first is complete (Orbax waits for it)
         elif aim == "start" and started:
             armed = armed or time.time() + rng.uniform(0, 0.5)
             if time.time() >= armed:
