@@ -107,8 +107,9 @@ def compile_only(cfg: config.Config, name: str | None, num_slices: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 trained to --iteration; 2 a run that cannot start; 128 + the signal
-    (130 Ctrl-C, 143 SIGTERM) when stopped by one, once its step is saved."""
+    """Exit status: 0 trained to --iteration; 2 a run that cannot start; 3 a checkpoint that
+    could not be written (one line: its path, the errno, the last complete checkpoint); 128 +
+    the signal (130 Ctrl-C, 143 SIGTERM) when stopped by one, once its step is saved."""
     setup_logging()
     args = build_parser().parse_args(argv)
     if args.phase != "train":
@@ -133,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except loop.TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except loop.SaveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except Interrupted as e:  # raised once the step is saved
         return 128 + e.signum
     return 0

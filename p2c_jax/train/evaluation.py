@@ -32,6 +32,7 @@ from p2c_jax.eval.evaluator import Evaluator, Scores
 from p2c_jax.eval.identity import DlibIdentity, MobileFaceNetIdentity
 from p2c_jax.eval.inception_weights import load_inception
 from p2c_jax.nn.models import NetSpec
+from p2c_jax.train import disk
 from p2c_jax.train.errors import TrainError
 from p2c_jax.weights.checkpoint import EVAL_DIR, SETTINGS_FILE, CheckpointError, metric
 
@@ -107,7 +108,7 @@ class TrainingEvaluator:
     ):
         self.evaluator, self.spec, self.eval_freq = evaluator, spec, eval_freq
         self.history = paths.as_path(workdir) / EVAL_DIR / HISTORY_FILE
-        self.log, self.is_main = log, is_main
+        self.log, self.is_main, self.warn = log, is_main, disk.Warnings(log)
 
     @classmethod
     def create(
@@ -168,7 +169,10 @@ class TrainingEvaluator:
         if self.is_main:
             # rewritten whole: gs:// objects cannot be appended to
             old = self.history.read_text() if self.history.exists() else ""
-            self.history.write_text(old + json.dumps({"step": step, **scores.as_dict()}) + "\n")
+            try:
+                self.history.write_text(old + json.dumps({"step": step, **scores.as_dict()}) + "\n")
+            except OSError as e:
+                self.warn("evaluation report", self.history, e)
             shown = ", ".join(f"{k} {v:.5g}" for k, v in values.items())
             self.log(f"[eval {step}] {shown} ({time.time() - t0:.1f} s)")
         return values

@@ -36,9 +36,9 @@ from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import DISCRIMINATORS, TRAINING_NETS, NetSpec, abstract, training_specs
 from p2c_jax.nn.numerics import Numerics
 from p2c_jax.parallel import PLANS, host_value, make_mesh, put_batch, put_replicated
-from p2c_jax.train import checkpointing, evaluation, samples, summary
+from p2c_jax.train import checkpointing, disk, evaluation, samples, summary
 from p2c_jax.train.config import Config
-from p2c_jax.train.errors import TrainError
+from p2c_jax.train.errors import SaveError, TrainError
 from p2c_jax.train.partition import make_step
 from p2c_jax.train.state import TrainModel, fresh_nets
 from p2c_jax.train.step import TrainStep
@@ -145,8 +145,15 @@ def initial_nets(cfg: Config, specs: dict[str, NetSpec], log) -> dict[str, nnx.S
 class _Sampler:
     """The original's print_freq sample grids: 5 train and 5 test images, A2B and B2A."""
 
-    def __init__(self, model: TrainModel, cfg: Config, dataset_dir: Path, workdir: epath.Path):
-        self.cfg, self.dataset_dir, self.workdir = cfg, dataset_dir, workdir
+    def __init__(
+        self,
+        model: TrainModel,
+        cfg: Config,
+        dataset_dir: Path,
+        workdir: epath.Path,
+        warn: disk.Warnings,
+    ):
+        self.cfg, self.dataset_dir, self.workdir, self.warn = cfg, dataset_dir, workdir, warn
         self.test = {
             d: input_pipeline.held_out_images(dataset_dir, d, cfg.img_size, N_SAMPLES) for d in "AB"
         }
@@ -201,7 +208,11 @@ class _Sampler:
                 for i in range(len(real[domain]))
             ]
             grid = samples.sample_grid(cols)
-            samples.save_grid(samples.sample_path(self.workdir, name, direction, step), grid)
+            path = samples.sample_path(self.workdir, name, direction, step)
+            try:
+                samples.save_grid(path, grid)
+            except OSError as e:
+                self.warn("sample grid", path, e)
             writer.image(step, direction, grid)
 
 
@@ -338,10 +349,14 @@ def train(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
 
 
 class _Saver:
-    """Checkpoints of ``r``'s state at a step, each step once."""
+    """Checkpoints of ``r``'s state at a step, each step once; the TensorBoard events up to
+    that step are on disk first. A save that fails, now or in the background, raises
+    ``SaveError`` (``check`` after each step, ``finish`` at the end)."""
 
-    def __init__(self, r: Run):
-        self.r = r
+    def __init__(self, r: Run, writer: summary.SummaryWriter):
+        self.r, self.writer = r, writer
+        self.done = r.manager.latest_step()  # the last complete checkpoint
+        self.pending: int | None = None  # the one being written
         cfg = r.cfg
         self.meta = {
             "seed": cfg.seed,
@@ -353,10 +368,36 @@ class _Saver:
 
     def __call__(self, step: int, scores: dict | None = None) -> None:
         r = self.r
-        if r.manager.latest_step() == step:
+        if step in (self.done, self.pending):
             return
+        self.finish()
+        self.writer.flush()
         meta = {**self.meta, "step": step, "data_position": step}
-        r.manager.save(step, args=checkpointing.save_args(r.model, r.state, meta), metrics=scores)
+        with self._failing(step):
+            r.manager.save(
+                step, args=checkpointing.save_args(r.model, r.state, meta), metrics=scores
+            )
+        self.pending = step
+
+    def check(self) -> None:
+        """Raise ``SaveError`` if the save in the background has failed; never waits."""
+        if self.pending is not None and not self.r.manager.is_saving_in_progress():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for the save in the background; ``SaveError`` if it failed."""
+        if self.pending is not None:
+            with self._failing(self.pending):
+                self.r.manager.wait_until_finished()
+            self.done, self.pending = self.pending, None
+
+    @contextlib.contextmanager
+    def _failing(self, step: int):
+        try:
+            yield
+        except Exception as e:  # Orbax's failed writes: ValueError, OSError, RuntimeError
+            self.pending = None
+            raise disk.save_error(self.r.manager.directory, step, self.done, e) from e
 
 
 def _progress_bar(r: Run):
@@ -411,13 +452,19 @@ def _report(r: Run, step: int, metrics: dict, writer, bar, t0: float) -> None:
 def run(r: Run) -> int:
     """Train ``r`` from its start to ``--iteration``; returns the last completed step."""
     cfg, is_main, end = r.cfg, jax.process_index() == 0, r.cfg.hparams.iteration
-    writer = summary.SummaryWriter(r.workdir / "tensorboard", enabled=is_main)
-    sampler = (
-        _Sampler(r.model, cfg, r.dataset_dir, r.workdir) if cfg.print_freq > 0 and is_main else None
+    writer = summary.SummaryWriter(
+        r.workdir / "tensorboard", enabled=is_main, start=r.start, warn=r.log
     )
-    save, batches, step, bar = _Saver(r), _batches(r), r.start, None
+    warn = disk.Warnings(r.log)
+    sampler = (
+        _Sampler(r.model, cfg, r.dataset_dir, r.workdir, warn)
+        if cfg.print_freq > 0 and is_main
+        else None
+    )
+    save, batches, step, bar = _Saver(r, writer), _batches(r), r.start, None
+    failed = False
     try:
-        with Stop(r.manager) as stop:
+        with disk.quiet_failed_saves(), Stop(r.manager) as stop:
             r.log(
                 f"training start: steps {r.start + 1}..{end} on {r.mesh.size} device(s), global "
                 f"batch {cfg.batch_size} (the first step compiles)"
@@ -440,13 +487,18 @@ def run(r: Run) -> int:
                     scores = r.evaluator(step, r.state["gen"]["genA2B"], writer)
                 if scores is not None or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
                     save(step, scores)
+                save.check()
                 if stop.requested(step):
                     break
             if sampler is not None and step > r.start and step % cfg.print_freq:
                 sampler(step, r.state["gen"], writer)  # a run ends with its sample grids
             _final_save(r, save, step, stop.signum, bar)
+            save.finish()
+    except SaveError:
+        failed = True
+        raise
     finally:
-        _close(r, batches, bar, writer)
+        _close(r, batches, bar, writer, failed)
     r.log(f"checkpoint {r.workdir / checkpoint.CHECKPOINTS / str(step)}")
     if stop.signum is not None:
         raise Interrupted(stop.signum, step)
@@ -462,14 +514,16 @@ def _final_save(r: Run, save: _Saver, step: int, signum: int | None, bar) -> Non
     save(step)
 
 
-def _close(r: Run, batches: dict, bar, writer) -> None:
+def _close(r: Run, batches: dict, bar, writer, failed: bool) -> None:
     if bar is not None:
         bar.close()
     for it in batches.values():
         it.close()
-    r.manager.wait_until_finished()
-    r.manager.close()
     writer.close()
+    # after a failed save Orbax raises its error again: SaveError has said it
+    with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+        r.manager.wait_until_finished()
+        r.manager.close()
 
 
 def maybe_initialize_distributed(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import types
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers.events import scalars
 
 from p2c_jax.cli import convert
 from p2c_jax.cli import train as train_cli
@@ -117,7 +117,7 @@ def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
     assert kept == sorted({best, 4})
     assert checkpoint.best_step(work) == best
 
-    fid = [v for tag, _, v in _scalars(work / "tensorboard") if tag == "eval/fid"]
+    fid = [v for tag, _, v in scalars(work / "tensorboard") if tag == "eval/fid"]
     assert fid == pytest.approx([h["fid"] for h in history], rel=1e-6)
 
     assert convert.main(["--src", str(work), "--best", "--dst", str(tmp_path / "best.pt")]) == 0
@@ -125,18 +125,3 @@ def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
     stored = checkpoint.load_nets(work / CHECKPOINTS / str(best), ["genA2B"])["genA2B"][1]
     for a, b in zip(jax.tree_util.tree_leaves(exported), jax.tree_util.tree_leaves(stored)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def _scalars(logdir: Path) -> list[tuple[str, int, float]]:
-    """(tag, step, value) of every scalar in a TensorBoard folder (TFRecord framing)."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    out = []
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
-        data, i = path.read_bytes(), 0
-        while i < len(data):
-            (length,) = struct.unpack("<Q", data[i : i + 8])
-            event = Event.FromString(data[i + 12 : i + 12 + length])
-            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
-            i += 16 + length
-    return out

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from io import BytesIO
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from helpers.events import read_events
 from PIL import Image
 
 from p2c_jax.train import samples
@@ -71,37 +70,6 @@ def test_column_rejects_wrong_image_shapes():
         samples.sample_column(*x)
 
 
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _read_events(path: Path) -> list:
-    """Events of a TensorBoard file, its TFRecord framing and CRCs checked here."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    data, events, i = path.read_bytes(), [], 0
-    while i < len(data):
-        header = data[i : i + 8]
-        (length,) = struct.unpack("<Q", header)
-        assert struct.unpack("<I", data[i + 8 : i + 12])[0] == _masked(_crc32c(header))
-        body = data[i + 12 : i + 12 + length]
-        assert struct.unpack("<I", data[i + 12 + length : i + 16 + length])[0] == _masked(
-            _crc32c(body)
-        )
-        events.append(Event.FromString(body))
-        i += 16 + length
-    return events
-
-
 def test_summary_writer_writes_readable_events(tmp_path):
     image = np.random.default_rng(2).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     writer = SummaryWriter(tmp_path / "logs")
@@ -110,7 +78,7 @@ def test_summary_writer_writes_readable_events(tmp_path):
     writer.flush()
     writer.close()
     [path] = list((tmp_path / "logs").glob("events.out.tfevents.*"))
-    values = [(e.step, v) for e in _read_events(path) for v in e.summary.value]
+    values = [(e.step, v) for e in read_events(path) for v in e.summary.value]
     scalars = {v.tag: (step, v.simple_value) for step, v in values if v.HasField("simple_value")}
     assert scalars == {"d_loss": (5, 1.25), "g_loss": (5, 3.5)}
     [(step, img)] = [(step, v.image) for step, v in values if v.HasField("image")]
