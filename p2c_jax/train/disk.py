@@ -3,20 +3,18 @@
 A checkpoint that cannot be written stops the run at once with one line (``SaveError``): Orbax
 reports a failed background write as a ``ValueError`` naming TensorStore's ``os_error_code``,
 with a traceback per failed array in its own logs and in ``asyncio``'s, and one per pending
-write after its event loop closed; ``quiet_failed_saves`` keeps those out of the output.
+write after its event loop closed; ``weights.orbax_quiet.quiet_failures`` keeps those out of
+the output.
 Sample grids, TensorBoard events and evaluation reports are side outputs: ``Warnings`` says
 once per kind that one failed, and training goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import logging
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from p2c_jax.train.errors import SaveError
 
@@ -60,56 +58,3 @@ class Warnings:
             self.log(
                 f"warning: {kind} not written ({path}): {why(e)}; training goes on (said once)"
             )
-
-
-def _from_orbax(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname
-
-
-def _unretrieved(record: logging.LogRecord) -> bool:
-    return "exception was never retrieved" in record.getMessage()
-
-
-def _after_failed_write(unraisable) -> bool:
-    """Leftovers of a failed Orbax save: pending writes whose event loop has closed."""
-    exc, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
-    closed = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-    return closed or (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)
-
-
-class _Drop(logging.Filter):
-    def __init__(self, drop: Callable[[logging.LogRecord], bool]):
-        super().__init__()
-        self.drop = drop
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.drop(record)
-
-
-@contextlib.contextmanager
-def quiet_failed_saves() -> Iterator[None]:
-    """Orbax's logs of failed saves and their aftermath stay out of the output while the body
-    runs (``SaveError`` reports them); after a ``SaveError`` until the process ends, when the
-    last pending writes are collected."""
-    filters = [(logging.getLogger("absl"), _Drop(_from_orbax))]
-    filters.append((logging.getLogger("asyncio"), _Drop(_unretrieved)))
-    for logger, f in filters:
-        logger.addFilter(f)
-    old_hook = sys.unraisablehook
-
-    def hook(unraisable) -> None:
-        if not _after_failed_write(unraisable):
-            old_hook(unraisable)
-
-    sys.unraisablehook = hook
-    failed = False
-    try:
-        yield
-    except SaveError:
-        failed = True
-        raise
-    finally:
-        if not failed:
-            for logger, f in filters:
-                logger.removeFilter(f)
-            sys.unraisablehook = old_hook

@@ -45,6 +45,7 @@ from p2c_jax.train.step import TrainStep
 from p2c_jax.weights import checkpoint
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any, load_face_id
+from p2c_jax.weights.orbax_quiet import quiet_failures
 
 N_SAMPLES = 5  # train and test images per sample grid, as in the original
 
@@ -464,7 +465,7 @@ def run(r: Run) -> int:
     save, batches, step, bar = _Saver(r, writer), _batches(r), r.start, None
     failed = False
     try:
-        with disk.quiet_failed_saves(), Stop(r.manager) as stop:
+        with quiet_failures(), Stop(r.manager) as stop:
             r.log(
                 f"training start: steps {r.start + 1}..{end} on {r.mesh.size} device(s), global "
                 f"batch {cfg.batch_size} (the first step compiles)"

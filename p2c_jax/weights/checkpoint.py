@@ -13,13 +13,11 @@ and ``best_checkpoint`` finds the one that scored best (``--eval_freq``). Nets o
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -29,6 +27,7 @@ from flax import nnx
 
 from p2c_jax import paths
 from p2c_jax.nn.models import NetSpec, abstract
+from p2c_jax.weights.orbax_quiet import quiet_failures
 
 CHECKPOINTS = "checkpoints"
 EVAL_DIR = "eval"  # a training workdir's evaluation records (train.evaluation)
@@ -120,44 +119,21 @@ def read_tree(directory: str | os.PathLike, item: str) -> dict:
 @contextlib.contextmanager
 def _reading(directory: str | os.PathLike) -> Iterator[None]:
     """An Orbax read of ``directory`` whose failure (a damaged or missing file) is one
-    ``CheckpointError`` naming it, without TensorStore's spec of the array.
-
-    When one array's read fails, Orbax closes its event loop while the reads of the others run
-    on: each then fails to call back into the closed loop (an unraisable "Event loop is
-    closed", printed as a traceback) and asyncio logs its error when its task is collected
-    ("Task exception was never retrieved"), even after the command has returned. Both are
-    dropped: the first error says it all.
-    """
-    previous = sys.unraisablehook
-    sys.unraisablehook = functools.partial(_unless_closed_loop, previous)
+    ``CheckpointError`` naming it, without TensorStore's spec of the array, and without the
+    aftermath of the failed read (``orbax_quiet``)."""
     try:
-        yield
+        with quiet_failures():
+            yield
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways
-        logging.getLogger("asyncio").addFilter(functools.partial(_not_a_read_of, str(directory)))
         reason = _TENSORSTORE_DETAILS.sub("", str(e))
         raise CheckpointError(
             f"{directory}: damaged checkpoint ({type(e).__name__}: {reason})"
         ) from None
-    sys.unraisablehook = previous  # every read finished
 
 
 _TENSORSTORE_DETAILS = re.compile(r" \[(tensorstore_spec|source locations)=.*", re.DOTALL)
-
-
-def _unless_closed_loop(hook: Callable, unraisable) -> None:
-    e = unraisable.exc_value
-    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
-        hook(unraisable)
-
-
-def _not_a_read_of(directory: str, record: logging.LogRecord) -> bool:
-    failed = record.exc_info[1] if record.exc_info else None
-    return not (
-        str(record.msg).startswith("Task exception was never retrieved")
-        and directory in str(failed)
-    )
 
 
 def _path(directory: str | os.PathLike) -> epath.Path:

@@ -85,6 +85,7 @@ def test_without_eval_freq_the_options_are_the_plain_ones():
 
 
 @pytest.mark.slow  # trains 4 steps and compiles the evaluation (~2-3 min on 2 shared cores)
+@pytest.mark.xdist_group("trainer")  # the loop tests' nets: their step from the cache
 def test_train_eval_freq_writes_scores_and_best_checkpoint(tmp_path, capsys):
     from p2c_jax.eval import inception_weights
     from p2c_jax.pytorch import inception as ti

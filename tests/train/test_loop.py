@@ -206,17 +206,16 @@ def test_unsupported_workdir_scheme_names_the_flag(dataset, tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
-DAMAGE = "truncate"  # bench/chaos.py's DAMAGES: truncate, metadata, garble
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("trainer")
-def test_kill_9_file_size_limit_and_damage_resume_exactly(dataset, straight, tmp_path):
+def test_kill_9_twice_resumes_exactly(dataset, straight, tmp_path):
     """bench/chaos.py, short: train.py killed with SIGKILL twice (once while Orbax writes a
     checkpoint), each time resumed: it ends equal to an uninterrupted run (saving at other steps
-    changes no array) and TensorBoard holds each step once. From checkpoint 2 under a file-size
-    limit below a checkpoint's files: exit status 3, one line, no traceback, checkpoint 2
-    intact. The newest checkpoint damaged: resumed from the one before, equal again."""
+    changes no array) and TensorBoard holds each step once. The bench's other faults run here
+    in one process each (a start-up of train.py costs about a minute of CI): a file-size limit
+    under a save (``test_failed_checkpoint_save_stops_the_run_with_one_line``), each kind of
+    damage to the newest step (``test_resume_moves_a_damaged_checkpoint_aside``); the bench runs
+    them all through train.py (docs/reliability.md)."""
     chaos = _load(ROOT / "bench" / "chaos.py")
     work = tmp_path / "chaos"
     cmd = chaos.train_cmd(dataset, work, ITERATION)
@@ -225,31 +224,6 @@ def test_kill_9_file_size_limit_and_damage_resume_exactly(dataset, straight, tmp
     rc, out = chaos.finish(cmd)
     assert rc == 0, out[-30:]
     _assert_same_arrays(straight[4], _final(work))
-    _assert_each_step_once(work / "tensorboard")
-
-    limited = tmp_path / "limited"
-    shutil.copytree(work, limited, ignore=lambda d, names: [n for n in names if n in ("3", "4")])
-    said = chaos.small_disk(chaos.train_cmd(dataset, limited, ITERATION), limited, 64 * 1024)
-    ckpts = limited / "checkpoints"
-    assert said == {
-        "rc": 3,
-        "lines": said["lines"],
-        "tracebacks": 0,
-        "said": [
-            f"error: checkpoint {ckpts}/3 not written: [Errno {errno.EFBIG}] File too large "
-            f"(EFBIG); the last complete checkpoint is {ckpts}/2"
-        ],
-        "warnings": said["warnings"],
-        "last_complete": 2,
-    }
-    assert said["lines"] <= 20
-    _assert_same_arrays(straight[2], _final(ckpts / "2"))
-
-    # needs the fallback to the checkpoint before a damaged one (branch i28ckpt)
-    damaged = chaos.damaged_resume(cmd, work, DAMAGE, ITERATION, seed=0)
-    assert damaged["rc"] == 0 and damaged["resumed_from"] == ITERATION - 1, damaged
-    assert len(damaged["moved"]) == 1, damaged
-    _assert_same_arrays(straight[4], _final(work / "checkpoints" / str(ITERATION)))
     _assert_each_step_once(work / "tensorboard")
 
 
