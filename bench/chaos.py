@@ -148,11 +148,15 @@ def kill_once(cmd: list[str], workdir: Path, aim: str, rng: random.Random) -> di
     }
 
 
-def kill_runs(cmd: list[str], workdir: Path, kills: int, seed: int) -> list[dict]:
-    """``kills`` runs of ``cmd`` (resuming) killed at random phases, at least one mid-save."""
+def kill_runs(
+    cmd: list[str], workdir: Path, kills: int, seed: int, aims: list[str] | None = None
+) -> list[dict]:
+    """``kills`` runs of ``cmd`` (resuming) killed at random phases, at least one mid-save, or
+    at the phases ``aims`` (of ``PHASES``) in that order."""
     rng = random.Random(seed)
-    aims = ["save", *rng.choices(PHASES, k=kills - 1)]
-    rng.shuffle(aims)
+    if aims is None:
+        aims = ["save", *rng.choices(PHASES, k=kills - 1)]
+        rng.shuffle(aims)
     return [kill_once([*cmd, "--resume", "true"], workdir, aim, rng) for aim in aims]
 
 
