@@ -111,6 +111,18 @@ def output_names(names: Iterable[str]) -> dict[str, str]:
     return {n: s + ".png" for n, s in output_stems(list(names)).items()}
 
 
+def progress_bar(items: list, todo: list, progress: bool) -> tqdm:
+    """The progress bar of a run over ``items``, the skipped ones (not in ``todo``) counted as
+    done."""
+    return tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        unit="img",
+        file=sys.stderr,
+    )
+
+
 def start_report(
     output: epath.Path, items: list[tuple[Path, str]], overwrite: bool
 ) -> tuple[Report, list[tuple[Path, str]]]:
@@ -201,13 +213,7 @@ def run(
     names = output_names(rel for _, rel in items)
     diff_total = TorchDiff() if reference is not None else None
     report, todo = start_report(output, items, overwrite)
-    bar = tqdm(
-        total=len(items),
-        initial=len(items) - len(todo),
-        disable=not progress,
-        unit="img",
-        file=sys.stderr,
-    )
+    bar = progress_bar(items, todo, progress)
 
     def finish(batch: list[tuple[Path, str, Prepared]], y: jax.Array) -> None:
         ys = np.asarray(y)[: len(batch)]

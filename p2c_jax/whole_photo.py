@@ -13,17 +13,21 @@ largest (usually the nearest) face is on top.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from p2c_jax import paths
-from p2c_jax.cartoonize import Preparer, output_names, run_pipelined, start_report
+from p2c_jax.cartoonize import (
+    Preparer,
+    output_names,
+    progress_bar,
+    run_pipelined,
+    start_report,
+)
 from p2c_jax.inference import BatchedGenerator
 from preprocessing.files import write_atomic
 from preprocessing.generator_io import Prepared, postprocess, prepare_face
@@ -177,13 +181,7 @@ def run(
     names = output_names(rel for _, rel in items)
     counts = FaceCount()
     report, todo = start_report(output, items, overwrite)
-    bar = tqdm(
-        total=len(items),
-        initial=len(items) - len(todo),
-        disable=not progress,
-        unit="img",
-        file=sys.stderr,
-    )
+    bar = progress_bar(items, todo, progress)
 
     def finish(p: _Pending) -> None:
         bar.update()

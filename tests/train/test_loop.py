@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import torch
 from helpers.ci_required import require
@@ -77,16 +76,7 @@ def _preempted_after(step: int):
 
 def _final(workdir: Path) -> dict[str, np.ndarray]:
     """Every array of the latest checkpoint: nets (params + spectral) and train state."""
-    path = checkpoint.resolve(workdir)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        items = ckptr.restore(
-            path,
-            ocp.args.Composite(
-                nets=ocp.args.StandardRestore(), train_state=ocp.args.StandardRestore()
-            ),
-        )
-    flat = jax.tree_util.tree_flatten_with_path({"nets": items.nets, "ts": items.train_state})[0]
-    return {jax.tree_util.keystr(kp): np.asarray(x) for kp, x in flat}
+    return _load(ROOT / "bench" / "chaos.py").arrays(checkpoint.resolve(workdir))
 
 
 def _assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
