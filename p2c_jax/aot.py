@@ -177,23 +177,49 @@ def _dims(shape: str) -> list[int]:
     return [int(d) for d in m[2].split(",") if d] if m else []
 
 
-def _products(inst: _Instruction, insts: dict[str, _Instruction]) -> int:
-    """Multiply-adds of a convolution or dot: its output's elements times the products each
-    sums (a convolution's kernel elements per output feature; a dot's contracted size)."""
-    out = math.prod(_dims(inst.shape))
-    if inst.op == "convolution":
-        labels = re.search(r"dim_labels=\w+_(\w+)->", inst.line)
-        kernel = insts.get(inst.operands[1]) if len(inst.operands) > 1 else None
-        if labels is None or kernel is None:
-            return 0
-        dims = _dims(kernel.shape)
-        return out * math.prod(dims) // max(dims[labels[1].index("o")], 1)
-    lhs = insts.get(inst.operands[0]) if inst.operands else None
-    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.line)
-    if lhs is None or contracting is None:
+# cuDNN's convolutions (XLA:GPU's custom calls): which of (operands..., result) are the
+# forward convolution's output and kernel; their dim_labels are the forward convolution's
+_CUDNN_CONVS = {
+    "__cudnn$convForward": (-1, 1),
+    "__cudnn$convBiasActivationForward": (-1, 1),
+    "__cudnn$convBackwardInput": (0, 1),
+    "__cudnn$convBackwardFilter": (1, -1),
+}
+_CUBLAS_GEMMS = ("__cublas$gemm", "__cublas$lt$matmul")
+
+
+def _conv_products(line: str, out: str, kernel: str) -> int:
+    """Multiply-adds of a convolution (its HLO ``line``) of output shape ``out`` and kernel
+    shape ``kernel``: the output's elements times the kernel's elements per output feature."""
+    labels = re.search(r"dim_labels=\w+_(\w+)->", line)
+    dims = _dims(kernel)
+    if labels is None or not dims:
         return 0
-    dims = _dims(lhs.shape)
-    return out * math.prod(dims[int(i)] for i in contracting[1].split(",") if i)
+    return math.prod(_dims(out)) * math.prod(dims) // max(dims[labels[1].index("o")], 1)
+
+
+def _products(inst: _Instruction, insts: dict[str, _Instruction]) -> int:
+    """Multiply-adds of a convolution or dot (HLO's, or XLA:GPU's calls of cuDNN and cuBLAS):
+    its output's elements times the products each sums (a convolution's kernel elements per
+    output feature; a dot's contracted size)."""
+    shapes = [*(insts[o].shape if o in insts else "" for o in inst.operands), inst.shape]
+    target = re.search(r'custom_call_target="([^"]+)"', inst.line)
+    target = target[1] if target and inst.op == "custom-call" else None
+    if inst.op == "convolution" and len(shapes) > 2:
+        return _conv_products(inst.line, shapes[-1], shapes[1])
+    if target in _CUDNN_CONVS:
+        return _conv_products(inst.line, *(shapes[i] for i in _CUDNN_CONVS[target]))
+    if inst.op == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", inst.line)
+    elif target in _CUBLAS_GEMMS:
+        contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', inst.line)
+    else:
+        return 0
+    dims = _dims(shapes[0])
+    if contracting is None or not dims:
+        return 0
+    indices = [int(i.strip('"')) for i in contracting[1].split(",") if i.strip('"')]
+    return math.prod(_dims(inst.shape)) * math.prod(dims[i] for i in indices)
 
 
 class Program:
@@ -269,7 +295,7 @@ class Program:
         return 2 * sum(
             runs * _products(inst, insts)
             for runs, inst, insts in self._instructions(repeats=repeats)
-            if inst.op in ("convolution", "dot")
+            if inst.op in ("convolution", "dot", "custom-call")
         )
 
     def bytes_accessed(self, repeats: bool = False) -> int:
@@ -284,10 +310,13 @@ class Program:
             total += runs * sum(shape_bytes(s, padded=True) for s in [inst.shape, *operands])
         return total
 
-    def per_call(self, xla: dict[str, float]) -> dict[str, float]:
+    def per_call(self, xla: dict[str, float] | None) -> dict[str, float]:
         """XLA's cost analysis of this program (``cost``) with every loop iteration counted:
         XLA counts a loop's body once, so the FLOPs and bytes of the later iterations
-        (``flops``, ``bytes_accessed`` with ``repeats``) are added to its figures."""
+        (``flops``, ``bytes_accessed`` with ``repeats``) are added to its figures. Without
+        one (XLA:GPU gives none for a deviceless program), this program's own counts."""
+        if xla is None:
+            return {"flops": self.flops(), "bytes accessed": self.bytes_accessed()}
         return {
             "flops": xla["flops"] + self.flops(repeats=True),
             "bytes accessed": xla["bytes accessed"] + self.bytes_accessed(repeats=True),
@@ -322,10 +351,13 @@ def memory(compiled: Compiled) -> Memory:
     )
 
 
-def cost(compiled: Compiled) -> dict[str, float]:
-    """XLA's cost analysis per device: ``flops``, ``bytes accessed``, ``transcendentals``."""
+def cost(compiled: Compiled) -> dict[str, float] | None:
+    """XLA's cost analysis per device: ``flops``, ``bytes accessed``, ``transcendentals``;
+    None where XLA gives none (XLA:GPU without a GPU)."""
     ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, list) else ca
+    ca = ca[0] if isinstance(ca, list) and ca else ca
+    if not ca:
+        return None
     return {k: float(ca.get(k, 0.0)) for k in ("flops", "bytes accessed", "transcendentals")}
 
 

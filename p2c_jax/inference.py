@@ -17,10 +17,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from p2c_jax.nn.models import FACENET, NetSpec
+from p2c_jax.nn.models import FACENET, NetSpec, abstract
 from p2c_jax.nn.models import graphdef as nn_graphdef
 from p2c_jax.nn.numerics import Numerics
-from p2c_jax.parallel import batch_sharding, make_mesh, replicated, uses_cpu_forms
+from p2c_jax.parallel import (
+    abstract_replicated,
+    batch_sharding,
+    make_mesh,
+    replicated,
+    uses_cpu_forms,
+)
 from p2c_jax.weights.checkpoint import CheckpointError
 from p2c_jax.weights.convert import load_any
 
@@ -130,6 +136,26 @@ def default_batch_size(devices: Sequence[jax.Device] | None = None) -> int:
     return (1 if uses_cpu_forms(devices) else 8) * len(devices)
 
 
+def batch_per_device(batch_size: int, devices: Sequence[jax.Device]) -> int:
+    """The images each device gets of a ``batch_size`` batch, rounded up (short batches are
+    padded)."""
+    return math.ceil(max(1, batch_size) / len(devices))
+
+
+def lower_generator(
+    spec: NetSpec, precision: str, devices: Sequence[jax.Device], batch_size: int
+) -> jax.stages.Lowered:
+    """``BatchedGenerator``'s forward pass of a ``spec`` generator on ``devices``, lowered
+    from shapes for its ``batch_size`` (state replicated, batch split): compiled ahead of
+    time for devices that this host need not have."""
+    mesh = make_mesh(devices)
+    size = spec.img_size
+    state = abstract_replicated(nnx.state(abstract(spec)), mesh)
+    batch = batch_per_device(batch_size, devices) * len(devices)
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), np.float32, sharding=batch_sharding(mesh))
+    return forward(spec, precision, devices).lower(state, x)
+
+
 class BatchedGenerator:
     """The generator's image on fixed-size batches sharded over ``devices`` (default: all local).
 
@@ -140,7 +166,7 @@ class BatchedGenerator:
     def __init__(self, gen: CompiledNet, batch_size: int, devices: Sequence | None = None):
         devices = list(devices or jax.local_devices())
         mesh = make_mesh(devices)
-        self.batch_size = math.ceil(max(1, batch_size) / len(devices)) * len(devices)
+        self.batch_size = batch_per_device(batch_size, devices) * len(devices)
         self.spec, self.size = gen.spec, gen.spec.img_size
         self.state = jax.device_put(gen.state, replicated(mesh))
         self._data = batch_sharding(mesh)

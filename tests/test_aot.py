@@ -82,3 +82,27 @@ def test_counts_agree_with_xla_where_there_is_no_loop(mesh):
     assert program.bytes_accessed() == pytest.approx(xla["bytes accessed"], rel=0.15)
     assert program.per_call(xla) == {k: xla[k] for k in ("flops", "bytes accessed")}
     assert aot.memory(compiled).aliased == K * N * 4
+
+
+# XLA:GPU's form of convolutions and matmuls: calls of cuDNN and cuBLAS, whose dim_labels are
+# the forward convolution's whatever the call computes (as XLA:GPU compiles them)
+_GPU_HLO = """HloModule jit_f, entry_computation_layout={(f32[2,16,16,8]{3,2,1,0})->f32[]}
+
+ENTRY %main (x: f32[2,16,16,8], w: f32[16,3,3,8], g: f32[2,16,16,16], a: f32[8,32], b: f32[32,16]) -> f32[] {
+  %x = f32[2,16,16,8]{3,2,1,0} parameter(0)
+  %w = f32[16,3,3,8]{3,2,1,0} parameter(1)
+  %g = f32[2,16,16,16]{3,2,1,0} parameter(2)
+  %a = f32[8,32]{1,0} parameter(3)
+  %b = f32[32,16]{1,0} parameter(4)
+  %fwd = (f32[2,16,16,16]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %bwf = (f32[16,3,3,8]{3,2,1,0}, u8[0]{0}) custom-call(%x, %g), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %bwi = (f32[2,16,16,8]{3,2,1,0}, u8[0]{0}) custom-call(%g, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %mm = (f32[8,16]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_flops_of_cudnn_and_cublas_calls():
+    conv = 2 * (2 * 16 * 16) * 16 * (3 * 3 * 8)  # outputs x features x products each
+    assert aot.Program(_GPU_HLO).flops() == 3 * conv + 2 * 8 * 16 * 32

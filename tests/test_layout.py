@@ -95,7 +95,7 @@ def test_training_flags_are_the_config_fields():
     assert {k: flags[k] for k in fields} == fields
     cli_only = {"phase", "n_dis", "img_ch", "gpu_ids", "benchmark_flag"}
     cli_only |= {"coordinator_address", "num_processes", "process_id", "compile_cache"}
-    cli_only |= {"compile_only", "topology", "num_slices"}
+    cli_only |= {"compile_only", "topology", "num_slices", "max_batch_search"}
     assert set(flags) - set(fields) == cli_only
     # the original's defaults
     assert (fields["lr"], fields["cycle_weight"], fields["cam_weight"], fields["ch"]) == (
@@ -129,10 +129,12 @@ def test_training_functions_are_short():
 LAYERS = (
     ("preprocessing",),
     ("paths", "parallel", "topology", "aot"),
+    ("aot_report",),
     ("nn",),
     ("weights",),
     ("data",),
     ("inference",),
+    ("inference_report",),
     ("eval",),
     ("train",),
     ("export",),

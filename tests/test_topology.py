@@ -1,9 +1,10 @@
-"""TPU slice names as Cloud TPU spells them, and the devices libtpu describes for them."""
+"""TPU slice names as Cloud TPU spells them, GPU machines, and the devices libtpu and the CUDA
+plugin describe for them."""
 
 from __future__ import annotations
 
 import pytest
-from helpers.ci_required import needs_libtpu
+from helpers.ci_required import needs_cuda_plugin, needs_libtpu
 
 from p2c_jax import topology
 
@@ -32,9 +33,23 @@ def test_names_parse_to_libtpu_topologies(name):
 
 @pytest.mark.parametrize("bad", ["v5e-3", "v4-6", "v7-8", "tpu", "v5e:3x3", "v5p-4"])
 def test_unknown_name_lists_the_known_ones(bad):
-    with pytest.raises(ValueError, match="unknown TPU topology") as e:
+    with pytest.raises(ValueError, match="unknown topology") as e:
         topology.parse(bad)
     assert "v5e-16" in str(e.value) and "v4-8" in str(e.value) and "\n" not in str(e.value)
+    assert "h100-8" in str(e.value) and "h200-1" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["h100-1", "h100-8", "h200-1", "h200-8"])
+def test_gpu_machines_parse(name):
+    s = topology.parse(name)
+    n = int(name.split("-")[1])
+    assert (s.platform, s.chips, s.topology) == ("cuda", n, f"1x1x{n}")
+
+
+@pytest.mark.parametrize("bad", ["h100-2", "h100-16", "a100-8", "h200"])
+def test_unknown_gpu_machines_are_refused(bad):
+    with pytest.raises(ValueError, match="unknown topology"):
+        topology.parse(bad)
 
 
 @pytest.mark.tpu
@@ -55,3 +70,18 @@ def test_slices_multiply_the_devices():
     devices = topology.devices("v5e-4", num_slices=2)
     assert len(devices) == 8
     assert sorted({d.slice_index for d in devices}) == [0, 1]
+
+
+@pytest.mark.cuda
+@needs_cuda_plugin()
+@pytest.mark.parametrize(("name", "slices"), [("h100-8", 1), ("h200-1", 1), ("h100-8", 2)])
+def test_gpu_devices_from_the_target_config(name, slices):
+    """The CUDA plugin's devices without a GPU: the GPU its target config names, with
+    NVIDIA's figures for it, on one host per machine."""
+    devices = topology.devices(name, slices)
+    gpu, n = name.split("-")
+    assert len(devices) == int(n) * slices and devices[0].platform == "gpu"
+    assert len({d.process_index for d in devices}) == slices
+    chip = topology.chip(devices)
+    assert chip.name == gpu and chip.hbm_bytes > 79 * topology.GiB
+    assert f"device_memory_size: {chip.hbm_bytes}" in topology.target_config(gpu)

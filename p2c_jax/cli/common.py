@@ -61,6 +61,70 @@ def _say_first_cache_hit(folder: str) -> None:
     jax.monitoring.register_event_duration_secs_listener(on_hit)
 
 
+def add_compile_only_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """``--compile_only``, ``--topology``, ``--num_slices`` and ``--max_batch_search``:
+    ``what`` compiled for devices this host need not have (docs/tpu.md)."""
+    p.add_argument(
+        "--compile_only",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help=f"compile {what} for --topology's devices on this host, run nothing: a table of "
+        "its memory, collectives, FLOPs and roofline, and compile_report.json (needs the "
+        'compiler: pip install "jax[tpu]" for a TPU, jax-cuda12-plugin for a GPU)',
+    )
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="with --compile_only: a TPU slice as Cloud TPU names it (v4-8, v5e-16, "
+        "v5litepod-256, v5p-128, v6e-64) or as libtpu does (v5e:4x4), or a GPU machine "
+        "(h100-1, h100-8, h200-1, h200-8)",
+    )
+    p.add_argument(
+        "--num_slices",
+        type=number(int, minimum=1),
+        default=1,
+        help="with --compile_only: slices of --topology (multi-slice over the data-center "
+        "network; GPU machines: hosts)",
+    )
+    p.add_argument(
+        "--max_batch_search",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="with --compile_only: also find the largest per-chip batch that fits, compiling "
+        "each batch tried (doubling from --batch_size's, then bisecting)",
+    )
+
+
+def start_compile_only(name: str | None) -> None:
+    """Ready ``--compile_only --topology NAME``: a ValueError (one line) where NAME is missing
+    or unknown or its compiler is not installed; the compile cache off (jax cannot read a
+    deviceless program back, docs/tpu.md) and the CUDA plugin's check of the CUDA libraries,
+    which compiling does not use, skipped."""
+    from p2c_jax import topology
+
+    if name is None:
+        raise ValueError("--compile_only needs --topology NAME (e.g. v5e-16, h100-8)")
+    extra = topology.missing_extra(name)
+    if extra:
+        raise ValueError(f"--compile_only --topology {name} needs its compiler: {extra}")
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
+def compile_only_done(table: str, report: dict, folder: str) -> int:
+    """Print a ``--compile_only`` report's ``table``, write ``report`` as
+    ``folder/compile_report.json``; exit status 0."""
+    from p2c_jax import aot_report
+
+    print(table)
+    print(f"report: {aot_report.write(report, folder)}")
+    return 0
+
+
 class _LevelFormatter(logging.Formatter):
     """``warning: message``: the level in lower case, as the commands' own messages."""
 

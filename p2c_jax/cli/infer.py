@@ -1,5 +1,8 @@
 """Photos -> cartoons: ``p2c-infer INPUTS... --output DIR --weights WEIGHTS``.
 
+``p2c-infer --compile_only --topology NAME --output DIR`` compiles the generator for a TPU slice
+or GPU machine instead and writes ``DIR/compile_report.json`` (docs/tpu.md).
+
 A re-run into the same ``--output`` (after a kill, say) skips the inputs already done.
 Exit status: 0 when every input was done, 1 when some failed, 2 when none could be done or the
 weights (or a preprocessing backend) are unusable.
@@ -16,9 +19,13 @@ from pathlib import Path
 
 from p2c_jax.cli.common import (
     add_compile_cache_flag,
+    add_compile_only_flags,
     add_img_size_flag,
     add_precision_flag,
+    compile_only_done,
     setup_logging,
+    start_compile_only,
+    str2bool,
     unusable_weights,
     use_compile_cache,
 )
@@ -30,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from preprocessing.flags import Parser, add_backend_flags, number
 
     p = Parser(prog="p2c-infer", description=__doc__.split("\n")[0])
-    p.add_argument("inputs", nargs="+", help="photo files, folders (recursive) or globs")
+    p.add_argument("inputs", nargs="*", help="photo files, folders (recursive) or globs")
     p.add_argument(
         "--output",
         "-o",
@@ -39,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--weights",
-        required=True,
         help="the original photo2cartoon_weights.pt, our checkpoint directory or a "
-        "training workdir (its newest step that restores)",
+        "training workdir (its newest step that restores); with --compile_only, optional",
     )
     p.add_argument(
         "--batch_size",
@@ -107,13 +113,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     add_precision_flag(p)
     add_compile_cache_flag(p)
+    add_compile_only_flags(p, "the generator's forward pass")
+    p.add_argument(
+        "--ch",
+        type=number(int, minimum=1),
+        default=32,
+        help="with --compile_only and no --weights: the generator's ngf (default: %(default)s, "
+        "the released one's)",
+    )
+    p.add_argument(
+        "--light",
+        type=str2bool,
+        default=True,
+        help="with --compile_only and no --weights: a light generator (default: %(default)s)",
+    )
     return p
+
+
+def compile_only(args: argparse.Namespace) -> int:
+    """``--compile_only``: the report of the generator (``--weights``' or ``--ch``
+    ``--light``'s) on ``--topology``; exit status 0, or 2 with one line saying why not."""
+    from p2c_jax import inference_report
+    from p2c_jax.inference import output_spec
+    from p2c_jax.nn.models import NetSpec
+    from p2c_jax.weights.checkpoint import CheckpointError
+    from p2c_jax.weights.convert import load_any
+
+    try:
+        start_compile_only(args.topology)
+        spec = NetSpec("generator", args.ch, img_size=args.img_size or 256, light=args.light)
+        if args.weights:
+            try:
+                spec = load_any(args.weights, [NET])[NET][0]
+            except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways
+                print(unusable_weights(args.weights, e), file=sys.stderr)
+                return 2
+        spec = output_spec(spec, args.img_size)
+        r = inference_report.report(
+            spec,
+            args.precision,
+            args.topology,
+            args.num_slices,
+            args.batch_size,
+            args.max_batch_search,
+        )
+    except (ValueError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return compile_only_done(inference_report.table(r), r, args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.compile_only:
+        return compile_only(args)
+    if not args.inputs or not args.weights:
+        parser.error(
+            "the following arguments are required: "
+            + ("inputs" if not args.inputs else "--weights")
+        )
     if args.whole_photo and (args.no_preprocess or args.compare_torch):
         parser.error("--whole_photo finds the faces: not with --no_preprocess or --compare_torch")
     use_compile_cache(args.compile_cache)

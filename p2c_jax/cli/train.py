@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from p2c_jax.cli.common import (
     add_compile_cache_flag,
+    add_compile_only_flags,
+    compile_only_done,
     setup_logging,
+    start_compile_only,
     str2bool,
     use_compile_cache,
 )
@@ -57,53 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num_processes", type=number(int, minimum=1), default=None)
     p.add_argument("--process_id", type=number(int, minimum=0), default=None)
-    # a TPU slice, compiled for on this host
-    p.add_argument(
-        "--compile_only",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="compile the step for --topology's TPU slice on this host, run nothing: a "
-        "table of its memory, collectives, FLOPs and roofline, and WORKDIR/compile_report.json "
-        '(needs the TPU extra: pip install "jax[tpu]")',
-    )
-    p.add_argument(
-        "--topology",
-        default=None,
-        help="with --compile_only: the TPU slice as Cloud TPU names it (v4-8, v5e-16, "
-        "v5litepod-256, v5p-128, v6e-64) or as libtpu does (v5e:4x4)",
-    )
-    p.add_argument(
-        "--num_slices",
-        type=number(int, minimum=1),
-        default=1,
-        help="with --compile_only: slices of --topology (multi-slice over the data-center network)",
-    )
+    add_compile_only_flags(p, "the training step")
     return p
 
 
-def compile_only(cfg: config.Config, name: str | None, num_slices: int) -> int:
-    """``--compile_only``: the report of ``cfg``'s step on ``num_slices`` slices ``name``;
-    exit status 0, or 2 with one line saying why not."""
-    from p2c_jax import topology
+def compile_only(cfg: config.Config, args: argparse.Namespace) -> int:
+    """``--compile_only``: the report of ``cfg``'s step on ``--num_slices`` slices
+    ``--topology``; exit status 0, or 2 with one line saying why not."""
     from p2c_jax.train.errors import TrainError
 
     try:
-        if name is None:
-            raise ValueError("--compile_only needs --topology NAME (a TPU slice, e.g. v5e-16)")
-        topology.parse(name)
-        if not topology.has_libtpu():
-            raise ValueError(f"--compile_only needs libtpu, the TPU extra: {topology.TPU_EXTRA}")
+        start_compile_only(args.topology)
         from p2c_jax.train import compile_report
 
-        r = compile_report.report(cfg, name, num_slices)
+        r = compile_report.report(cfg, args.topology, args.num_slices, args.max_batch_search)
     except (ValueError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(compile_report.table(r))
-    print(f"report: {compile_report.write(r, cfg.run_dir())}")
-    return 0
+    return compile_only_done(compile_report.table(r), r, cfg.run_dir())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,11 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if args.compile_only:
-        import jax
-
-        # no compile cache: jax 0.10 cannot read a TPU program back without a TPU (docs/tpu.md)
-        jax.config.update("jax_enable_compilation_cache", False)
-        return compile_only(config.from_args(args), args.topology, args.num_slices)
+        return compile_only(config.from_args(args), args)
     use_compile_cache(args.compile_cache)
     from p2c_jax.train import loop
     from p2c_jax.train.loop import Interrupted

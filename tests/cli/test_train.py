@@ -1,9 +1,9 @@
-"""``p2c-train --compile_only``'s refusals: each one line, exit 2, nothing compiled or
-written."""
+"""``p2c-train --compile_only``: a batch that does not split over the chips, and the search
+for the largest batch that fits (the refusals of both commands: test_compile_only.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 from helpers.ci_required import needs_libtpu
@@ -12,33 +12,63 @@ from p2c_jax import topology
 from p2c_jax.cli import train
 
 
-def _refused(argv: list[str], tmp_path: Path, capsys) -> str:
-    code = train.main(["--compile_only", "--workdir", str(tmp_path / "run"), *argv])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "run").exists()
-    return err
-
-
-def test_compile_only_needs_a_topology(tmp_path, capsys):
-    assert "--topology" in _refused([], tmp_path, capsys)
-
-
-def test_unknown_topology_lists_the_known_ones(tmp_path, capsys):
-    err = _refused(["--topology", "v5e-3"], tmp_path, capsys)
-    assert "unknown TPU topology 'v5e-3'" in err
-    assert all(n in err for n in ("v4-8", "v5e-16", "v5litepod-256", "v5p-128", "v6e-64"))
-
-
-def test_without_libtpu_names_the_install(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(topology, "has_libtpu", lambda: False)
-    err = _refused(["--topology", "v5e-16"], tmp_path, capsys)
-    assert topology.TPU_EXTRA in err and 'pip install "jax[tpu]==' in err
-
-
 @pytest.mark.tpu
 @needs_libtpu()
 @pytest.mark.parametrize("batch", ["3", "6"])
 def test_batch_must_split_over_the_chips(batch, tmp_path, capsys):
-    err = _refused(["--topology", "v5e-4", "--batch_size", batch], tmp_path, capsys)
-    assert "multiple of the 4 devices" in err
+    code = train.main(
+        [
+            "--compile_only",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--topology",
+            "v5e-4",
+            "--batch_size",
+            batch,
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "multiple of the 4 devices" in err and not (tmp_path / "run").exists()
+
+
+def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys, monkeypatch):
+    """``--max_batch_search`` on fake compiles of a step that fits up to 6 images per chip:
+    the step compiled for each batch the search tries (the first one the flags' batch), each
+    reported as a line, the largest in the report."""
+    import jax
+
+    from p2c_jax import aot_report
+    from p2c_jax.train import compile_report
+
+    largest, compiled_batches = 6, []
+
+    def fake_compile_step(cfg, mesh, specs=None):
+        compiled_batches.append(cfg.batch_size)
+        return compile_report.CompiledStep(None, (), None, 0.0, 1.5)
+
+    def fake_costs(compiled, devices, precision, batch_per_chip, num_slices=1):
+        total = 1000 * batch_per_chip
+        memory = dict.fromkeys(("arguments", "outputs", "temporaries", "aliased", "code"), 0)
+        return {
+            **dict(chips=1, hosts=1, chip="v5e", hbm_bytes=largest * 1000, global_batch=1),
+            **dict(batch_per_chip=batch_per_chip, fits=batch_per_chip <= largest),
+            **dict(memory_bytes={**memory, "total": total}, max_batch_per_chip=None),
+            **dict(collectives=[], flops_per_step=1.0, bytes_accessed_per_step=1.0),
+            **dict(roofline_seconds=1.0, images_per_second=1.0),
+        }
+
+    # no compiler needed, and the compile cache left on for the other tests
+    monkeypatch.setattr(train, "start_compile_only", lambda name: None)
+    monkeypatch.setattr(topology, "devices", lambda name, n: jax.devices()[:1])
+    monkeypatch.setattr(compile_report, "compile_step", fake_compile_step)
+    monkeypatch.setattr(aot_report, "costs", fake_costs)
+    argv = ["--topology", "v5e-4", "--batch_size", "2", "--max_batch_search"]
+    assert train.main(["--compile_only", "--workdir", str(tmp_path), *argv]) == 0
+    assert compiled_batches == [2, 4, 8, 6, 7]  # doubling from 2, then bisecting 4..8
+    report = json.loads((tmp_path / "compile_report.json").read_text())
+    assert report["max_batch_per_chip"] == largest
+    assert [t["batch_per_chip"] for t in report["max_batch_search"]] == compiled_batches
+    out = capsys.readouterr().out
+    assert "batch 8 per chip: 7.8 KiB per chip, does not fit (compiled in 1.5 s)" in out
+    assert "6 per chip fits" in out

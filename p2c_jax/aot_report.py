@@ -1,0 +1,186 @@
+"""The report of ``--compile_only`` (``p2c-train``'s step, ``p2c-infer``'s generator): what a
+program compiled for a slice's chips costs per chip, as a table and as
+``compile_report.json``, and the search for the largest per-chip batch that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+
+import jax
+from jax.stages import Compiled
+
+from p2c_jax import aot, paths, topology
+
+REPORT = "compile_report.json"
+#: the largest per-chip batch the search tries
+SEARCH_LIMIT = 1024
+
+
+def costs(
+    compiled: Compiled,
+    devices: Sequence[jax.Device],
+    precision: str,
+    batch_per_chip: int,
+    num_slices: int = 1,
+) -> dict:
+    """The report's figures of ``compiled``, one step of ``batch_per_chip`` images on each of
+    ``devices`` (every chip of ``num_slices`` slices): memory per chip against the chip's HBM,
+    the collectives, FLOPs and bytes per chip (every loop iteration counted, ``aot.Program``)
+    and the roofline."""
+    chip = topology.chip(devices)
+    mem = aot.memory(compiled)
+    program = aot.Program(compiled.as_text())
+    xla = aot.cost(compiled)
+    per_call = program.per_call(xla)
+    flops, traffic = per_call["flops"], per_call["bytes accessed"]
+    seconds = aot.roofline_seconds(
+        flops, traffic, chip.peak_flops(precision), chip.hbm_bytes_per_second
+    )
+    images = batch_per_chip * len(devices)
+    return {
+        "chips": len(devices),
+        "hosts": len({d.process_index for d in devices}),
+        "chip": chip.name,
+        "hbm_bytes": chip.hbm_bytes,
+        "global_batch": images,
+        "batch_per_chip": batch_per_chip,
+        "memory_bytes": {
+            "arguments": mem.arguments,
+            "outputs": mem.outputs,
+            "temporaries": mem.temporaries,
+            "aliased": mem.aliased,
+            "code": mem.code,
+            "total": mem.total,
+        },
+        "fits": mem.total <= chip.hbm_bytes,
+        "max_batch_per_chip": None,
+        "collectives": [dataclasses.asdict(c) for c in program.collectives()],
+        "unknown_loop_trip_counts": program.unknown_trip_counts,
+        "flops_per_step": flops,
+        "bytes_accessed_per_step": traffic,
+        "xla_cost_analysis": xla,
+        "roofline_seconds": seconds,
+        "images_per_second": images / num_slices / seconds,
+    }
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int, limit: int = SEARCH_LIMIT) -> int:
+    """The largest batch in 1..``limit`` for which ``fits`` holds, 0 if none: doubling from
+    ``start`` until a batch does not fit (or ``limit`` does), then bisecting between the
+    largest that fits and the smallest that does not. It assumes that memory grows with the
+    batch (a batch that does not fit has no larger one that fits), so it tries about
+    2 log2(answer / start) batches, not every one."""
+    low, high, batch = 0, None, min(max(start, 1), limit)
+    while high is None:
+        if not fits(batch):
+            high = batch
+        elif batch == limit:
+            return limit
+        else:
+            low, batch = batch, min(2 * batch, limit)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def search_max_batch(
+    compile_at: Callable[[int], dict], first: dict, on_try: Callable[[dict], None]
+) -> dict:
+    """``first`` (a report of ``costs``' keys) with ``max_batch_per_chip``, found by
+    ``largest_fitting`` over the reports ``compile_at(batch_per_chip)``, and
+    ``max_batch_search``: each batch tried (``first``'s included), its memory, whether it fit
+    and its compile seconds, each also handed to ``on_try`` as it comes."""
+    tried: dict[int, dict] = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in tried:
+            r = first if batch == first["batch_per_chip"] else compile_at(batch)
+            tried[batch] = {
+                "batch_per_chip": batch,
+                "total_bytes": r["memory_bytes"]["total"],
+                "fits": r["fits"],
+                "compile_seconds": r["compile_seconds"],
+            }
+            on_try(tried[batch])
+        return tried[batch]["fits"]
+
+    best = largest_fitting(fits, first["batch_per_chip"])
+    return {**first, "max_batch_per_chip": best, "max_batch_search": list(tried.values())}
+
+
+def size(n: float) -> str:
+    """``n`` bytes for a reader: ``512 B``, ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def print_try(t: dict) -> None:
+    """One batch the search tried (``search_max_batch``), as a line on stdout."""
+    verdict = "fits" if t["fits"] else "does not fit"
+    print(
+        f"batch {t['batch_per_chip']} per chip: {size(t['total_bytes'])} per chip, {verdict} "
+        f"(compiled in {t['compile_seconds']:.1f} s)",
+        flush=True,
+    )
+
+
+def table(r: dict, net: str) -> str:
+    """The report ``r`` as lines for a terminal; ``net`` says what was compiled."""
+    m = r["memory_bytes"]
+    rows = [
+        (
+            "topology",
+            f"{r['topology']} x {r['num_slices']}: {r['chips']} {r['chip']} chips, "
+            f"{r['hosts']} hosts",
+        ),
+        ("net", net),
+        ("batch", f"{r['global_batch']} global, {r['batch_per_chip']} per chip"),
+        (
+            "compile",
+            f"{r['compile_seconds']:.1f} s (lowering {r['lower_seconds']:.1f} s), "
+            f"{r['programs']} program",
+        ),
+        (
+            "memory/chip",
+            f"{size(m['total'])} of {size(r['hbm_bytes'])}: "
+            f"{'fits' if r['fits'] else 'does not fit'}",
+        ),
+        (
+            "",
+            f"arguments {size(m['arguments'])}, outputs {size(m['outputs'])}, "
+            f"temporaries {size(m['temporaries'])}, donated {size(m['aliased'])}, "
+            f"code {size(m['code'])}",
+        ),
+    ]
+    if r["max_batch_per_chip"] is not None:
+        rows.append(("max batch", f"{r['max_batch_per_chip']} per chip fits (found by compiling)"))
+    for c in r["collectives"] or [{"kind": "none", "count": 0, "bytes": 0}]:
+        rows.append(("collectives", f"{c['kind']}: {c['count']} per step, {size(c['bytes'])}"))
+    rows += [
+        (
+            "flops/chip",
+            f"{r['flops_per_step'] / 1e9:.2f} GFLOP, "
+            f"{size(r['bytes_accessed_per_step'])} accessed per step",
+        ),
+        (
+            "roofline",
+            f"{r['roofline_seconds'] * 1e3:.2f} ms per step, at most "
+            f"{r['images_per_second']:.0f} images/s per slice",
+        ),
+    ]
+    return "\n".join(f"{k:<12} {v}" for k, v in rows)
+
+
+def write(r: dict, folder: str) -> str:
+    """``r`` as ``folder/compile_report.json`` (local or ``gs://``); its path."""
+    path = paths.as_path(folder) / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r, indent=2) + "\n")
+    return str(path)
