@@ -27,7 +27,8 @@ def costs(
     num_slices: int = 1,
 ) -> dict:
     """The report's figures of ``compiled``, one step of ``batch_per_chip`` images on each of
-    ``devices`` (every chip of ``num_slices`` slices): memory per chip against the chip's HBM,
+    ``devices`` (every chip of ``num_slices`` slices): memory per chip against the HBM a
+    program gets (``Chip.usable_bytes``),
     the collectives, FLOPs and bytes per chip (every loop iteration counted, ``aot.Program``)
     and the roofline."""
     chip = topology.chip(devices)
@@ -45,6 +46,7 @@ def costs(
         "hosts": len({d.process_index for d in devices}),
         "chip": chip.name,
         "hbm_bytes": chip.hbm_bytes,
+        "usable_bytes": chip.usable_bytes,
         "global_batch": images,
         "batch_per_chip": batch_per_chip,
         "memory_bytes": {
@@ -55,7 +57,7 @@ def costs(
             "code": mem.code,
             "total": mem.total,
         },
-        "fits": mem.total <= chip.hbm_bytes,
+        "fits": mem.total <= chip.usable_bytes,
         "max_batch_per_chip": None,
         "collectives": [dataclasses.asdict(c) for c in program.collectives()],
         "unknown_loop_trip_counts": program.unknown_trip_counts,
@@ -149,8 +151,9 @@ def table(r: dict, net: str) -> str:
         ),
         (
             "memory/chip",
-            f"{size(m['total'])} of {size(r['hbm_bytes'])}: "
-            f"{'fits' if r['fits'] else 'does not fit'}",
+            f"{size(m['total'])} of {size(r['usable_bytes'])}"
+            + (f" (of {size(r['hbm_bytes'])} HBM)" if r["usable_bytes"] < r["hbm_bytes"] else "")
+            + f": {'fits' if r['fits'] else 'does not fit'}",
         ),
         (
             "",

@@ -28,13 +28,20 @@ CUDA_EXTRA = f'pip install "jax-cuda12-plugin=={jax.__version__}"'
 @dataclasses.dataclass(frozen=True)
 class Chip:
     """One chip's published figures (docs/tpu.md has the sources). ``fp32_flops`` is the rate
-    of float32 products at ``Precision.HIGHEST`` (ours)."""
+    of float32 products at ``Precision.HIGHEST`` (ours); ``usable_bytes`` the HBM a program
+    gets: all of a TPU's, the 75 % of a GPU's that jax's allocator takes by default
+    (``XLA_PYTHON_CLIENT_MEM_FRACTION``)."""
 
     name: str
     hbm_bytes: int
     bf16_flops: float
     hbm_bytes_per_second: float
     fp32_flops: float
+    usable_fraction: float = 1.0
+
+    @property
+    def usable_bytes(self) -> int:
+        return int(self.hbm_bytes * self.usable_fraction)
 
     def peak_flops(self, precision: str) -> float:
         """Peak FLOP/s of the products of ``precision`` (``float32`` or ``bfloat16``)."""
@@ -56,8 +63,8 @@ CHIPS = {
     "TPU v5 lite": _tpu("v5e", 16 * GiB, 197e12, 819e9),
     "TPU v5": _tpu("v5p", 95 * GiB, 459e12, 2765e9),
     "TPU v6 lite": _tpu("v6e", 32 * GiB, 918e12, 1600e9),
-    "NVIDIA H100 80GB HBM3": Chip("h100", 81559 * MiB, 989e12, 3350e9, 67e12),
-    "NVIDIA H200": Chip("h200", 143771 * MiB, 989e12, 4800e9, 67e12),
+    "NVIDIA H100 80GB HBM3": Chip("h100", 81559 * MiB, 989e12, 3350e9, 67e12, 0.75),
+    "NVIDIA H200": Chip("h200", 143771 * MiB, 989e12, 4800e9, 67e12, 0.75),
 }
 
 

@@ -72,7 +72,7 @@ def test_it_fits_and_crosses_no_chip(compiled):
     assert report["chip"] == name.split("-")[0] and report["chips"] == len(devices)
     assert (report["hosts"], report["programs"], report["program_chips"]) == (1, 1, len(devices))
     assert report["batch_per_chip"] == PER_CHIP
-    assert report["fits"] and 0 < report["memory_bytes"]["total"] <= report["hbm_bytes"]
+    assert report["fits"] and 0 < report["memory_bytes"]["total"] <= report["usable_bytes"]
     assert report["collectives"] == [] and report["max_batch_per_chip"] is None
     assert "while" not in program.as_text()  # the batch at once, not image by image (XLA:CPU)
 

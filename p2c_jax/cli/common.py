@@ -102,7 +102,7 @@ def add_compile_only_flags(p: argparse.ArgumentParser, what: str) -> None:
 def start_compile_only(name: str | None) -> None:
     """Ready ``--compile_only --topology NAME``: a ValueError (one line) where NAME is missing
     or unknown or its compiler is not installed; the compile cache off (jax cannot read a
-    deviceless program back, docs/tpu.md) and the CUDA plugin's check of the CUDA libraries,
+    deviceless TPU program back, docs/tpu.md; GPU ones untried) and the CUDA plugin's check of the CUDA libraries,
     which compiling does not use, skipped."""
     from p2c_jax import topology
 

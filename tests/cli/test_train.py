@@ -51,11 +51,21 @@ def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys,
         total = 1000 * batch_per_chip
         memory = dict.fromkeys(("arguments", "outputs", "temporaries", "aliased", "code"), 0)
         return {
-            **dict(chips=1, hosts=1, chip="v5e", hbm_bytes=largest * 1000, global_batch=1),
-            **dict(batch_per_chip=batch_per_chip, fits=batch_per_chip <= largest),
-            **dict(memory_bytes={**memory, "total": total}, max_batch_per_chip=None),
-            **dict(collectives=[], flops_per_step=1.0, bytes_accessed_per_step=1.0),
-            **dict(roofline_seconds=1.0, images_per_second=1.0),
+            "chips": 1,
+            "hosts": 1,
+            "chip": "v5e",
+            "hbm_bytes": largest * 1000,
+            "usable_bytes": largest * 1000,
+            "global_batch": batch_per_chip,
+            "batch_per_chip": batch_per_chip,
+            "memory_bytes": {**memory, "total": total},
+            "fits": total <= largest * 1000,
+            "max_batch_per_chip": None,
+            "collectives": [],
+            "flops_per_step": 1.0,
+            "bytes_accessed_per_step": 1.0,
+            "roofline_seconds": 1.0,
+            "images_per_second": 1.0,
         }
 
     # no compiler needed, and the compile cache left on for the other tests
