@@ -21,9 +21,8 @@ from p2c_jax.nn.models import NetSpec
 
 SPEC = NetSpec("generator", CH, img_size=SIZE, light=True)
 PER_CHIP = 2
-# the compiled programs' convolutions and matmuls hold torch's FLOPs within this: XLA:GPU's 5.8 %
-# fewer (it drops 3 x 3 taps lying wholly in padding at the hourglass's 1 x 1 level, 32 px),
-# XLA:TPU's 3.6 % more (docs/tpu.md)
+# the compiled programs' convolutions and matmuls hold torch's FLOPs within this: XLA rewrites
+# some convolutions (measured: XLA:GPU's 5.8 % fewer, XLA:TPU's 3.6 % more; docs/tpu.md)
 FLOPS_TOLERANCE = 0.10
 
 
