@@ -9,6 +9,7 @@ import pytest
 
 from p2c_jax import topology
 from p2c_jax.cli import infer, train
+from p2c_jax.nn.models import NetSpec
 
 # command -> (its main, the flag of the folder the report goes to)
 COMMANDS = {"p2c-train": (train.main, "--workdir"), "p2c-infer": (infer.main, "--output")}
@@ -54,3 +55,30 @@ def test_photos_still_need_inputs_and_weights(tmp_path, capsys):
     with pytest.raises(SystemExit):
         infer.main(["x.jpg", "--output", str(tmp_path / "out")])
     assert "required: --weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "spec"),
+    [
+        (["--ch", "16", "--img_size", "128"], NetSpec("generator", 16, img_size=128)),
+        (["--light", "false"], NetSpec("generator", 32, img_size=256, light=False)),
+        (["--weights", "WEIGHTS", "--img_size", "64"], NetSpec("generator", 8, img_size=64)),
+    ],
+)
+def test_p2c_infer_compiles_the_generator_it_would_run(flags, spec, weights, capsys, monkeypatch):
+    """The generator compiled: ``--weights``' (the conftest's ngf 8 file, light), else
+    ``--ch`` and ``--light``'s, at ``--img_size``; with the flags' batch and topology."""
+    from p2c_jax import inference_report
+
+    asked = []
+
+    def no_compile(spec, precision, name, num_slices, batch_size, max_batch_search):
+        asked.append((spec, precision, name, num_slices, batch_size, max_batch_search))
+        raise ValueError("compiled nothing")
+
+    monkeypatch.setattr(infer, "start_compile_only", lambda name: None)
+    monkeypatch.setattr(inference_report, "report", no_compile)
+    flags = [str(weights) if f == "WEIGHTS" else f for f in flags]
+    argv = ["--compile_only", "--topology", "v5e-4", "-o", "out", "--batch_size", "3", *flags]
+    assert infer.main(argv) == 2 and "compiled nothing" in capsys.readouterr().err
+    assert asked == [(spec, "float32", "v5e-4", 1, 3, False)]
