@@ -126,7 +126,8 @@ GPUS_PER_HOST = (1, 8)
 @dataclasses.dataclass(frozen=True)
 class Slice:
     """A TPU slice or a GPU machine: ``name`` as typed, ``topology`` as the compiler's plugin
-    names it (libtpu: ``v5e:4x4``; the CUDA plugin: ``slices x hosts x GPUs``, ``1x1x8``)."""
+    names it (libtpu: ``v5e:4x4``; the CUDA plugin: ``slices x hosts x GPUs``, ``1x1x8``),
+    ``chip_config`` libtpu's chip configuration or the GPU (``h100``) of the target config."""
 
     name: str
     topology: str
