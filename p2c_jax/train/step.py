@@ -136,7 +136,8 @@ class TrainStep:
 
     def update_discriminators(self, dis, spectral, opt_d, lr, real_A, real_B, fakes):
         """The D update at learning rate ``lr`` on ``fakes`` = ((A2B, cam), (B2A, cam)): (dis,
-        spectral, opt_d, metrics, raw gradients)."""
+        spectral, opt_d, metrics, raw gradients or, without ``with_grads``, None: a program's
+        output lives until the step ends, through the G update's peak)."""
         images = (fakes[0][0], fakes[1][0])
 
         def objective(dis, spectral):
@@ -148,7 +149,7 @@ class TrainStep:
             dis, spectral
         )
         dis, opt_d = _apply(optimizer(self.hp), grads, opt_d, dis, lr)
-        return dis, spectral, opt_d, {"d_loss": loss, **terms}, grads
+        return dis, spectral, opt_d, {"d_loss": loss, **terms}, self._if_asked(grads)
 
     def translation_losses(self, dis, spectral, face_state, real_A, real_B, fakes):
         """``losses.translation_loss`` of ``fakes``: (its terms, its cotangents of ``fakes``,
@@ -169,8 +170,8 @@ class TrainStep:
 
     def update_generators(self, gen, opt_g, step, lr, grads: dict[str, list], terms: list[dict]):
         """Masked Adam at learning rate ``lr`` on each generator's summed ``grads`` and the
-        clippers: (gen, opt_g, step + 1, metrics, raw gradients); each G loss term summed over
-        ``terms``."""
+        clippers: (gen, opt_g, step + 1, metrics, raw gradients or None, as the D update's);
+        each G loss term summed over ``terms``."""
         grads = {name: _summed(parts) for name, parts in grads.items()}
         tx = optax.masked(optimizer(self.hp), self.model.gen_mask)
         gen, opt_g = _apply(tx, grads, opt_g, gen, lr)
@@ -180,7 +181,10 @@ class TrainStep:
             **{f"g_{k}": v for k, v in parts.items()},
             "lr": lr,
         }
-        return _clip(gen, self.hp), opt_g, step + 1, metrics, grads
+        return _clip(gen, self.hp), opt_g, step + 1, metrics, self._if_asked(grads)
+
+    def _if_asked(self, grads: Tree) -> Tree | None:
+        return grads if self.with_grads else None
 
     # --- the body -------------------------------------------------------------------------------
 
