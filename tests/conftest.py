@@ -2,7 +2,8 @@
 
 The session gets a persistent compilation cache of its own (inherited by the subprocesses the
 tests start), so that a training step compiled by one test is not compiled again by a CLI run
-of the same nets and shapes.
+of the same nets and shapes. It keeps every program, the small ones too (jax keeps those that
+took over a second), since each command the tests start compiles dozens of them again.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import pytest
 from helpers import DATA
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="p2c-jax-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # the CUDA plugin (-m cuda) registers without CUDA libraries only so, before jax starts
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 
 import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 
 pytest_plugins = ["helpers.gcs"]  # the fake GCS server fixtures
 
