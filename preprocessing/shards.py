@@ -12,6 +12,7 @@ markers.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -189,10 +190,5 @@ def write_if_changed(path: str, data: bytes) -> None:
 def record_module(record_format: str | None):
     """The writer module of a record format (imported when records are written: TensorFlow for
     TFRecords; ``MissingExtraError`` naming the extra when it is absent)."""
-    if record_format == "tfrecord":
-        from . import tfrecords
-
-        return tfrecords
-    from . import array_record
-
-    return array_record
+    name = "tfrecords" if record_format == "tfrecord" else "array_record"
+    return importlib.import_module(f".{name}", __package__)
