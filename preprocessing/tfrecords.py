@@ -2,7 +2,9 @@
 
 Each example holds the image as PNG bytes and its source name (relative to its
 split folder). Needs the `preprocess` extra (tensorflow-cpu, tensorflow-datasets);
-nothing is downloaded. This module writes; `p2c_jax.data.tfrecords` reads.
+nothing is downloaded. `p2c-preprocess` (`shards`) writes the same files a shard at a time
+(`shard_path`, `write_shard`, then `info_files`). This module writes; `p2c_jax.data.tfrecords`
+reads.
 """
 
 from __future__ import annotations
