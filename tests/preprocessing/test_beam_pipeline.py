@@ -35,7 +35,7 @@ from preprocessing import array_record, beam_pipeline, shards  # noqa: E402
 from preprocessing.__main__ import main  # noqa: E402
 from preprocessing.beam_runner import pipeline_options  # noqa: E402
 
-pytestmark = needs_dlib()
+pytestmark = [needs_dlib(), pytest.mark.xdist_group("beam_preprocess")]  # fixtures built once
 
 IN_MEMORY = [
     "--direct_running_mode",
@@ -177,29 +177,28 @@ def test_rerun_writes_nothing_new(photos, beam_tfrecords, capsys):
     assert "tfrecords: trainA: 3, trainB: 3, testA: 1, testB: 1" in err
 
 
-def test_crash_before_a_commit_resumes_that_shard_only(
-    photos, serial, beam_tfrecords, tmp_path, monkeypatch
-):
-    """ArrayRecord output: the shard the runner commits last (as it did in the TFRecord run)
-    fails before its marker; the rerun writes that shard again and nothing else, and the
-    outputs are the serial engine's."""
+def test_crash_before_a_commit_resumes_that_shard_only(photos, serial, tmp_path, monkeypatch):
+    """ArrayRecord output: the shard that commits last (the runner's order is random) fails
+    before its marker; the rerun writes that shard again and nothing else, and the outputs are
+    the serial engine's."""
     out = tmp_path / "out"
-    committed = stamps(beam_tfrecords / shards.MARKERS)
-    marker = f"{shards.MARKERS}/{max(committed, key=committed.get)}"
-    victim = int(marker.split("/")[1][:5])
-    write_atomic = shards.write_atomic
+    write_atomic, commits = shards.write_atomic, []
 
-    def crash_at_commit(path, data):
-        if path.endswith(marker):
+    def crash_at_the_last_commit(path, data):
+        commits.append(path)
+        if len(commits) == NUM_SHARDS:
             raise RuntimeError("injected crash")
         write_atomic(path, data)
 
-    monkeypatch.setattr(shards, "write_atomic", crash_at_commit)
+    monkeypatch.setattr(shards, "write_atomic", crash_at_the_last_commit)
     with pytest.raises(Exception, match="injected crash"):
         beam_run(photos, out, "array_record")
     monkeypatch.undo()
+    marker = os.path.relpath(commits[-1], out)
+    victim = int(os.path.basename(marker)[:5])
     crashed = stamps(out)
-    assert marker not in crashed and len(list((out / shards.MARKERS).iterdir())) == NUM_SHARDS - 1
+    assert all(shards.MARKERS in c for c in commits) and marker not in crashed
+    assert len(list((out / shards.MARKERS).iterdir())) == NUM_SHARDS - 1
     spec, plan = beam_run(photos, out, "array_record")
     rewritten = {name for name, t in stamps(out).items() if crashed.get(name) != t}
     result = shards.committed(spec, victim, plan[victim])
