@@ -68,14 +68,13 @@ class RunSpec:
 
 @dataclass
 class ShardResult:
-    """What a shard did: its report lines as (split, line), its record count and bytes per
-    split, and whether a previous run had committed it (``already``)."""
+    """What a shard did (its marker's content): its inputs as (split, name), its report lines as
+    (split, line), its record count and bytes per split."""
 
     index: int
     inputs: list[list[str]]
     rows: list[tuple[str, dict]] = field(default_factory=list)
     records: dict[str, list[int]] = field(default_factory=dict)
-    already: bool = False
 
     def to_json(self) -> bytes:
         fields = {"inputs": self.inputs, "rows": self.rows, "records": self.records}
@@ -112,7 +111,7 @@ def committed(spec: RunSpec, index: int, photos: Sequence[Photo]) -> ShardResult
     if saved["inputs"] != _inputs(photos):
         return None
     rows = [(split, row) for split, row in saved["rows"]]
-    return ShardResult(index, saved["inputs"], rows, saved["records"], already=True)
+    return ShardResult(index, saved["inputs"], rows, saved["records"])
 
 
 def write_shard(
@@ -170,8 +169,7 @@ def write_metadata(spec: RunSpec, results: Sequence[ShardResult]) -> None:
     ArrayRecord reader finds its shards by name and needs none)."""
     if spec.record_format != "tfrecord":
         return
-    from . import tfrecords
-
+    tfrecords = record_module("tfrecord")
     by_index = sorted(results, key=lambda r: r.index)
     lengths = {s: [r.records[s][0] for r in by_index] for s in spec.record_splits}
     sizes = {s: sum(r.records[s][1] for r in by_index) for s in spec.record_splits}
