@@ -2,9 +2,10 @@
 
 `<out>/<split>.array_record-XXXXX-of-YYYYY`: each record is the serialized `tf.train.Example`
 the TFRecord writer stores (`image`: the PNG bytes, `name`: its path relative to the split
-folder), so one record format serves both readers. Records are in the training reader's
-order (`files.walk_key`: by folder, then name) and the shards cut that order in consecutive
-runs, so the record key across a split's shards is the image's index in the split.
+folder), so one record format serves both readers. `write_dataset` puts the records in the
+training reader's order (`files.walk_key`: by folder, then name) and cuts that order into
+consecutive runs, so the record key across a split's shards is the image's index in the split;
+`p2c-preprocess` (`shards`) writes one shard per hash shard, in that order within each.
 Needs the `grain` extra (array-record, and tensorflow-datasets' copy of the Example proto;
 not tensorflow). This module writes and parses; `p2c_jax.data.grain_input` reads.
 """

@@ -7,15 +7,60 @@ import contextlib
 import glob
 import os
 import re
+import shutil
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
 def is_url(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a ``scheme://`` URL (``gs://``) rather than a local path."""
     return "://" in os.fspath(path)
+
+
+def join(folder: str | os.PathLike, *parts: str) -> str:
+    """``folder/part/...`` as a string, for a local folder or a ``gs://`` one."""
+    return "/".join([os.fspath(folder).rstrip("/"), *parts])
+
+
+def as_file(path: str | os.PathLike):
+    """``path`` as a ``pathlib.Path``, or an ``etils.epath.Path`` for a ``gs://`` URL (which a
+    ``pathlib.Path`` would make the local ``gs:/...``)."""
+    if is_url(path):
+        from etils import epath
+
+        return epath.Path(path)
+    return Path(path)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A fresh temporary name in ``path``'s folder (``remove_stale_temporaries`` knows it)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """A local file name to write ``path``'s content to (by a library that writes files, such
+    as a record writer); when the block ends it becomes ``path`` whole: renamed into place
+    locally, uploaded as one object to ``gs://``. Removed if the block raises."""
+    if is_url(path):
+        fd, tmp = tempfile.mkstemp(suffix=".tmp")
+        os.close(fd)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = os.fspath(_temporary_beside(Path(path)))
+    try:
+        yield tmp
+        if is_url(path):
+            with open(tmp, "rb") as src, as_file(path).open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        else:
+            os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:
@@ -34,7 +79,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp = _temporary_beside(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another's file; not ours to remove if so
     try:
@@ -50,6 +95,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -
         raise
 
 
+_WILDCARD = re.compile(r"[*?[]")
 _TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")  # write_atomic's: .NAME.PID.ID.tmp
 
 
@@ -82,24 +128,51 @@ def discover(inputs: Iterable[str]) -> list[tuple[Path, str]]:
 
     A folder's files are named relative to it; a file or glob match by its base name.
     Every file is kept, images or not (hidden files aside), so that each gets a result.
+    ``gs://`` inputs are listed through ``etils.epath`` (their paths are ``epath.Path``s).
     """
     found: dict[str, Path] = {}
     for spec in inputs:
-        p = Path(spec)
+        p = as_file(spec)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith("."):
+            for f in _files_under(p):
+                if not f.name.startswith("."):
                     found.setdefault(f.relative_to(p).as_posix(), f)
         elif p.exists():
             found.setdefault(p.name, p)
         else:
-            matches = sorted(glob.glob(spec, recursive=True))
+            matches = _glob(spec)
             for m in matches:
-                if Path(m).is_file():
-                    found.setdefault(Path(m).name, Path(m))
+                if m.is_file():
+                    found.setdefault(m.name, m)
             if not matches:
                 found.setdefault(p.name or spec, p)
     return [(path, rel) for rel, path in sorted(found.items())]
+
+
+def _files_under(folder) -> list:
+    """The files under a folder, recursively, sorted (``gs://``: by listing, epath has no
+    recursive glob there)."""
+    if isinstance(folder, Path):
+        return sorted(f for f in folder.rglob("*") if f.is_file())
+    base = os.fspath(folder).partition("://")[2].rstrip("/")
+    found = []
+    for parent, _, names in folder.walk():
+        parent = os.fspath(parent)  # gcsfs gives it without its gs://
+        sub = (parent.partition("://")[2] or parent)[len(base) :].strip("/")
+        found += [folder / sub / name if sub else folder / name for name in names]
+    return sorted(found)
+
+
+def _glob(spec: str) -> list:
+    """The matches of a glob, local (``**`` recursive) or ``gs://`` (the pattern after the
+    last folder without a wildcard)."""
+    if not is_url(spec):
+        return [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
+    scheme, _, rest = spec.partition("://")
+    parts = rest.split("/")
+    fixed = next((i for i, part in enumerate(parts) if _WILDCARD.search(part)), len(parts))
+    root = as_file(f"{scheme}://" + "/".join(parts[:fixed]))
+    return sorted(root.glob("/".join(parts[fixed:]))) if fixed < len(parts) else []
 
 
 def report_missing(items: Sequence[tuple[Path, str]], inputs: Sequence[str]) -> bool:

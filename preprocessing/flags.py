@@ -49,11 +49,22 @@ class Parser(argparse.ArgumentParser):
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
+        return self.parse_args_passing(args, lambda rest: rest, namespace)[0]
+
+    def parse_args_passing(
+        self,
+        args: Sequence[str] | None,
+        unknown: Callable[[list[str]], list[str]],
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """``parse_args`` that passes on the arguments this parser does not know, for another
+        (Beam's options), except those ``unknown(rest)`` returns: refused as parse_args does."""
         self._argv = list(sys.argv[1:] if args is None else args)
-        namespace, extras = self.parse_known_args(self._argv, namespace)
-        if extras:
-            self.error("unrecognized arguments: " + " ".join(map(self._suggest, extras)))
-        return namespace
+        namespace, rest = self.parse_known_args(self._argv, namespace)
+        refused = unknown(rest)
+        if refused:
+            self.error("unrecognized arguments: " + " ".join(map(self._suggest, refused)))
+        return namespace, rest
 
     def error(self, message: str) -> None:  # type: ignore[override]
         """``prog: error: message`` alone (no usage: ``--help`` has it), exit 2. A missing
@@ -124,6 +135,9 @@ def number(
 
     parse.__name__ = kind.__name__  # argparse names the type in some of its messages
     return parse
+
+
+BACKEND_FLAGS = ("landmarks", "device", "segmentation", "seg_model")  # add_backend_flags's
 
 
 def add_backend_flags(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from .files import is_url
+
 MIN_SIDE = 32  # smaller photos cannot hold a face the landmark models can find
 
 
@@ -38,8 +40,17 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB")))
 
 
+def _readable(path: str | os.PathLike):
+    """What ``Image.open`` reads: a local path, or the bytes of a ``gs://`` object."""
+    if not is_url(path):
+        return path
+    from etils import epath
+
+    return BytesIO(epath.Path(path).read_bytes())
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode a photo as an RGB uint8 array, EXIF orientation applied.
+    """Decode a photo (a local path or ``gs://``) as an RGB uint8 array, EXIF orientation applied.
 
     Grayscale, 16-bit, palette, CMYK and alpha images are converted; an alpha
     channel is put on white. Raises ImageError with a short reason otherwise.
@@ -47,7 +58,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(_readable(path)) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)

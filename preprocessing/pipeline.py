@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -14,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import geometry
-from .files import write_atomic
+from .files import join, write_atomic
 from .io import ImageError, encode_png, load_rgb
 from .landmarks import Landmarker
 from .report import Report, Summary
@@ -110,6 +111,36 @@ def output_stems(names: Sequence[str]) -> dict[str, str]:
     return {n: (s if count[s] == 1 else n) for n, s in stems.items()}
 
 
+def write_outputs(
+    path: str | os.PathLike,
+    stem: str,
+    folder: str | os.PathLike,
+    process: Processor,
+    *,
+    save_meta: bool = False,
+    timings: dict[str, float] | None = None,
+) -> list[tuple[str, bytes]]:
+    """Decode one input, process it and write each output atomically as ``folder/STEM.png``
+    (and ``STEM.json`` with ``save_meta``); returns (PNG name relative to ``folder``, PNG
+    bytes) per output. Raises on a bad input (``ImageError``, ``NoFaceError``, ...)."""
+    timings = timings if timings is not None else defaultdict(float)
+    t = time.perf_counter()
+    image = load_rgb(path)
+    timings["decode"] += time.perf_counter() - t
+    outputs = process(image)
+    t = time.perf_counter()
+    written = []
+    for out in outputs:
+        name = stem + out.suffix
+        if save_meta and out.meta is not None:
+            write_atomic(join(folder, f"{name}.json"), json.dumps(out.meta).encode())
+        png = encode_png(out.image)
+        write_atomic(join(folder, f"{name}.png"), png)
+        written.append((f"{name}.png", png))
+    timings["write"] += time.perf_counter() - t
+    return written
+
+
 def run(
     inputs: Iterable[tuple[Path, str]],
     save_path: str | Path,
@@ -122,7 +153,8 @@ def run(
     """Process every (path, relative name) into ``save_path``, never stopping on a bad file.
 
     Each input gets a line in ``save_path/report.jsonl`` (done, or the reason it failed), appended
-    as it finishes; inputs whose outputs from a previous run exist are skipped.
+    as it finishes; inputs whose outputs from a previous run exist are skipped. The serial
+    engine: ``p2c-preprocess`` runs the same work per shard on Beam (``beam_pipeline``).
     """
     save_path = Path(save_path)
     items = list(inputs)
@@ -134,21 +166,11 @@ def run(
                 report.skipped()
                 continue
             try:
-                t = time.perf_counter()
-                image = load_rgb(path)
-                timings["decode"] += time.perf_counter() - t
-                outputs = process(image)
-                t = time.perf_counter()
-                written = []
-                for out in outputs:
-                    stem = stems[rel] + out.suffix
-                    if save_meta and out.meta is not None:
-                        write_atomic(save_path / f"{stem}.json", json.dumps(out.meta).encode())
-                    write_atomic(save_path / f"{stem}.png", encode_png(out.image))
-                    written.append(f"{stem}.png")
-                timings["write"] += time.perf_counter() - t
+                outputs = write_outputs(
+                    path, stems[rel], save_path, process, save_meta=save_meta, timings=timings
+                )
             except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
                 report.failed(rel, path, exc)
                 continue
-            report.done(rel, path, written)
+            report.done(rel, path, [name for name, _ in outputs])
     return report.summary

@@ -29,6 +29,16 @@ def reason_of(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
 
 
+def done_record(name: str, path: str | os.PathLike, outputs: list[str], **extra) -> dict:
+    """The report's line of an input done: its name, path and outputs (relative names)."""
+    return {"name": name, "input": str(path), "status": "done", "outputs": outputs, **extra}
+
+
+def failed_record(name: str, path: str | os.PathLike, exc: BaseException) -> dict:
+    """The report's line of an input that failed, with the reason."""
+    return {"name": name, "input": str(path), "status": "failed", "reason": reason_of(exc)}
+
+
 @dataclass
 class Summary:
     """Counts and failure reasons of one run; ``line()`` is what the command prints."""
@@ -44,6 +54,17 @@ class Summary:
         if self.done + self.skipped == 0:
             return 2
         return int(self.failed > 0)
+
+    def count(self, record: dict, *, already: bool = False) -> None:
+        """Count one report record (``done_record`` / ``failed_record``); ``already``: done by
+        a previous run."""
+        if record["status"] == "failed":
+            self.failed += 1
+            self.reasons[record["reason"].split(" (")[0]] += 1
+        elif already:
+            self.skipped += 1
+        else:
+            self.done += 1
 
     def add(self, other: Summary) -> None:
         self.done, self.skipped = self.done + other.done, self.skipped + other.skipped
@@ -107,20 +128,18 @@ class Report:
         self._uploaded = time.monotonic()
 
     def done(self, name: str, path: str | os.PathLike, outputs: list[str], **extra) -> None:
-        self.summary.done += 1
-        self._write(
-            {"name": name, "input": str(path), "status": "done", "outputs": outputs, **extra}
-        )
+        self._record(done_record(name, path, outputs, **extra))
+
+    def _record(self, record: dict) -> None:
+        self.summary.count(record)
+        self._write(record)
 
     def skipped(self) -> None:
         """An input whose outputs a previous run wrote (its record is in ``previous``)."""
         self.summary.skipped += 1
 
     def failed(self, name: str, path: str | os.PathLike, exc: BaseException) -> None:
-        reason = reason_of(exc)
-        self.summary.failed += 1
-        self.summary.reasons[reason.split(" (")[0]] += 1
-        self._write({"name": name, "input": str(path), "status": "failed", "reason": reason})
+        self._record(failed_record(name, path, exc))
 
     def already_done(self, name: str) -> bool:
         """Whether a previous run did ``name``: its record says so and its outputs still exist."""

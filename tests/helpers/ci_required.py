@@ -1,7 +1,7 @@
 """A test tool that is missing: skipped locally, a failure in CI.
 
 CI (environment ``CI=true``) installs every tool the tests use (``pip install -e
-".[test,preprocess,grain]"``, Chromium and chromedriver), so a tool missing there is a broken
+".[test,preprocess,grain,beam]"``, Chromium and chromedriver), so a tool missing there is a broken
 environment to report, never a reason to skip.
 """
 

@@ -336,18 +336,6 @@ def test_no_face_and_exit_codes(tmp_path, photo):
     assert run([], tmp_path / "empty", as_is, progress=False).exit_code == 2
 
 
-def test_save_path_url_is_refused(tmp_path, photo, capsys, monkeypatch):
-    """A gs:// --save_path is refused before any work, not written to a local "gs:" folder."""
-    from preprocessing.__main__ import main
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        main(["--data_path", str(photo), "--save_path", "gs://bucket/out"])
-    assert e.value.code == 2
-    assert "--save_path gs://bucket/out: a local folder is needed" in capsys.readouterr().err
-    assert [p.name for p in tmp_path.iterdir()] == ["in"]  # the photo's folder alone
-
-
 def test_tfrecords_without_tensorflow_is_refused_before_any_photo(
     tmp_path, photo, capsys, monkeypatch
 ):

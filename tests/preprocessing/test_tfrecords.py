@@ -77,10 +77,8 @@ def test_cli_dataset_mode(tmp_path, capsys):
     Image.fromarray(rgba, "RGBA").save(src / "trainB" / "cartoon.png")
     Image.new("RGB", (48, 48), (9, 9, 9)).save(src / "testB" / "c2.jpg")
     out = tmp_path / "out"
-    assert (
-        main(["--data_path", str(src), "--save_path", str(out), "--tfrecords", "--no_progress"])
-        == 1
-    )
+    argv = ["--data_path", str(src), "--save_path", str(out), "--tfrecords"]
+    assert main([*argv, "--direct_running_mode", "in_memory"]) == 1
     err = capsys.readouterr().err
     assert "trainA: 2 inputs: 1 done, 1 failed [not an image: 1]" in err
     assert "tfrecords: trainA: 1, trainB: 1, testB: 1" in err
