@@ -27,6 +27,7 @@ PACKAGES = {
     "array_record": "array-record",
     "ai_edge_litert": "ai-edge-litert",
     "google": "google-cloud-storage",
+    "apache_beam": "apache-beam",
 }
 
 _OURS = ("p2c_jax", "preprocessing")  # a missing module of ours is a bug, not an extra

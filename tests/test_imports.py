@@ -1,4 +1,4 @@
-"""Every module imports without the optional extras (torch, serve, export, eval, preprocess,
+"""Every module imports without the optional extras (torch, serve, export, eval, preprocess, beam,
 gcs), the torch side and the modules that need an extra at module level aside; those raise an
 ImportError naming the extra to install."""
 
@@ -26,6 +26,7 @@ BLOCKED = (
     "gcsfs",
     "dlib",
     "matplotlib",
+    "apache_beam",
 )
 
 # Modules that need an extra at module level, so are not expected to import here:
@@ -39,6 +40,9 @@ NEEDS_AN_EXTRA = {
     # the TFRecord writer: its tfds builder class subclasses a tensorflow-datasets class at
     # module level (the preprocess extra); only `python -m preprocessing` imports it, lazily
     "preprocessing.tfrecords": "p2c-jax[preprocess]",
+    # p2c-infer --runner: its ModelHandler and DoFns subclass Beam's at module level (the beam
+    # extra); only p2c_jax.cli.infer imports it, lazily
+    "p2c_jax.beam_inference": "p2c-jax[beam]",
 }
 # No module imports these two at module level (p2c_jax.cli.serve does in main()).
 
