@@ -99,7 +99,7 @@ class Prepare(beam.DoFn):
     def process(self, job: Job):
         path, rel, output = job
         try:
-            yield Photo(path, rel, output, self.prepare(Path(path)))
+            yield Photo(path, rel, output, self.prepare(paths.as_path(path)))
         except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
             yield beam.pvalue.TaggedOutput(FAILED, (path, rel, reason_of(exc)))
 
