@@ -57,26 +57,31 @@ def weights(path: Path, ngf: int) -> None:
     torch.save({"genA2B": sd}, path)
 
 
-def timed(command: list[str], out: Path) -> dict:
-    """Run ``command``; its wall time, the time of its first PNG in ``out``, its process tree's
-    peak RSS (sampled every 20 ms)."""
+def timed(command: list[str], out: Path, count: int) -> dict:
+    """Run ``command``; its wall time, the times of its first and its ``count``-th PNG in
+    ``out``, its process tree's peak RSS (sampled every 20 ms)."""
     start = time.monotonic()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root, first, peak = psutil.Process(proc.pid), None, 0
+    root, first, last, peak = psutil.Process(proc.pid), None, None, 0
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in tree))
         except psutil.Error:
             pass  # a process ended between the listing and the read
-        if first is None and next(out.glob("*.png"), None) is not None:
+        written = len(list(out.glob("*.png")))
+        if first is None and written:
             first = time.monotonic() - start
+        if last is None and written == count:
+            last = time.monotonic() - start
         time.sleep(0.02)
     wall = time.monotonic() - start
     err = proc.stderr.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{err[-3000:]}")
-    return {"wall_s": wall, "first_s": first or wall, "peak_rss_mb": peak / 2**20}
+    first, last = first or wall, last or wall
+    steady = (count - 1) / (last - first) if last > first else float("nan")
+    return {"wall_s": wall, "first_s": first, "steady": steady, "peak_rss_mb": peak / 2**20}
 
 
 def main() -> None:
@@ -94,18 +99,21 @@ def main() -> None:
         base += ["--compile_cache", str(tmp / "xla")]
         base += [] if args.preprocess else ["--no_preprocess"]
         photos(tmp / "warm_in", 1, args.preprocess)
-        timed([*base, str(tmp / "warm_in"), "-o", str(tmp / "warm")], tmp / "warm")
+        timed([*base, str(tmp / "warm_in"), "-o", str(tmp / "warm")], tmp / "warm", 1)
         print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
-        print("| photos | engine | images/s | wall s | first output s | peak RSS MB |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| photos | engine | images/s | wall s | first output s "
+            "| images/s from the first output to the last | peak RSS MB |"
+        )
+        print("|---|---|---|---|---|---|---|")
         for count in args.counts:
             photos(tmp / f"in{count}", count, args.preprocess)
             for i, (engine, flags) in enumerate(ENGINES.items()):
                 out = tmp / f"out{count}_{i}"
-                r = timed([*base, str(tmp / f"in{count}"), "-o", str(out), *flags], out)
+                r = timed([*base, str(tmp / f"in{count}"), "-o", str(out), *flags], out, count)
                 print(
                     f"| {count} | {engine} | {count / r['wall_s']:.2f} | {r['wall_s']:.1f} | "
-                    f"{r['first_s']:.1f} | {r['peak_rss_mb']:.0f} |",
+                    f"{r['first_s']:.1f} | {r['steady']:.2f} | {r['peak_rss_mb']:.0f} |",
                     flush=True,
                 )
         print(f"load average after: {os.getloadavg()[0]:.1f}")
