@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from p2c_jax import paths
-from p2c_jax.cartoonize import Preparer, output_names, start_report
+from p2c_jax.cartoonize import Preparer, output_names, start_report, write_cartoon
 from p2c_jax.inference import BatchedGenerator, load_generator
 from preprocessing.extras import needs
-from preprocessing.files import write_atomic
-from preprocessing.generator_io import Prepared, postprocess
-from preprocessing.io import encode_png
+from preprocessing.generator_io import Prepared
 from preprocessing.pipeline import Preprocessor
 from preprocessing.report import ReportWriter, Summary, last_records, read_report, reason_of
 
@@ -126,11 +124,10 @@ class WriteCartoon(_Reporting):
         self.side_by_side = side_by_side
 
     def process(self, result: PredictionResult) -> None:
-        photo, prep = result.example, result.example.prepared
+        photo = result.example
+        path = f"{self.output}/{photo.output}"
         try:
-            cartoon = postprocess(result.inference, prep.mask)
-            image = np.concatenate([prep.photo, cartoon], axis=1) if self.side_by_side else cartoon
-            write_atomic(f"{self.output}/{photo.output}", encode_png(image))
+            write_cartoon(path, result.inference, photo.prepared, self.side_by_side)
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk: report it, go on
             self.report.failed(photo.rel, photo.path, exc)
             return

@@ -1,6 +1,7 @@
-"""p2c-infer --runner FnApiRunner (Beam's RunInference, in this process): the cartoons byte for
-byte and the report rows of today's engine; a re-run writes only what is missing and appends to
-the report; the DoFns pickle small; a bad runner or a missing Beam is one error line."""
+"""p2c-infer --runner FnApiRunner (Beam's RunInference, in this process): the cartoons (side by
+side) byte for byte and the report rows of today's engine; a re-run writes only what is missing
+and appends to the report; the DoFns pickle small; a bad runner or a missing Beam is one error
+line."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def photos(data_dir, tmp_path) -> Path:
 def test_beam_equals_todays_engine_and_a_rerun_does_only_what_is_missing(
     tmp_path, photos, weights, capsys
 ):
-    argv = [str(photos), "--weights", str(weights), *FLAGS]
+    argv = [str(photos), "--weights", str(weights), *FLAGS, "--side_by_side"]
     assert main([*argv, "-o", str(tmp_path / "today")]) == 1  # 2 failed
     want, want_rows = files(tmp_path / "today"), rows(tmp_path / "today")
     assert len(want) == 4 and len(want_rows) == 6
