@@ -111,6 +111,17 @@ def output_names(names: Iterable[str]) -> dict[str, str]:
     return {n: s + ".png" for n, s in output_stems(list(names)).items()}
 
 
+def write_cartoon(
+    path: str | os.PathLike, y: np.ndarray, prep: Prepared, side_by_side: bool
+) -> np.ndarray:
+    """Write the cartoon of the generator's image ``y`` of ``prep`` (with ``side_by_side``,
+    beside the face the generator saw) whole to ``path``; returns the cartoon."""
+    cartoon = postprocess(y, prep.mask)
+    image = np.concatenate([prep.photo, cartoon], axis=1) if side_by_side else cartoon
+    write_atomic(path, encode_png(image))
+    return cartoon
+
+
 def progress_bar(items: list, todo: list, progress: bool) -> tqdm:
     """The progress bar of a run over ``items``, the skipped ones (not in ``todo``) counted as
     done."""
@@ -221,9 +232,7 @@ def run(
         for i, (path, rel, prep) in enumerate(batch):
             bar.update()
             try:
-                cartoon = postprocess(ys[i], prep.mask)
-                image = np.concatenate([prep.photo, cartoon], axis=1) if side_by_side else cartoon
-                write_atomic(output / names[rel], encode_png(image))
+                cartoon = write_cartoon(output / names[rel], ys[i], prep, side_by_side)
             except Exception as exc:  # noqa: BLE001 - e.g. a full disk: report it, go on
                 report.failed(rel, path, exc)
                 continue

@@ -13,13 +13,6 @@ from collections.abc import Sequence
 
 from .extras import needs
 
-# the local default: flag -> value, each unless given
-LOCAL = {
-    "--runner": "FnApiRunner",
-    "--direct_running_mode": "multi_processing",
-    "--direct_num_workers": "0",  # Beam's "one per core"
-}
-
 
 def _options_class():
     with needs("beam", "Beam pipelines"):
@@ -50,10 +43,32 @@ def unknown_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def runner_name(name: str) -> str:
+    """The class name of the Beam runner ``name`` (a runner's name, or a dotted class path);
+    ValueError naming it when Beam knows no such runner."""
+    _options_class()  # the beam extra, or its error
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        return type(create_runner(name)).__name__
+    except (ValueError, ImportError, AttributeError) as e:
+        raise ValueError(f"{name}: not a Beam runner ({type(e).__name__}: {e})") from None
+
+
 def pipeline_options(argv: Sequence[str]):
-    """Beam's ``PipelineOptions`` of ``argv``: without ``--runner``, the local default."""
+    """Beam's ``PipelineOptions`` of ``argv``: without ``--runner``, ``FnApiRunner``; there, a
+    worker process per core unless ``--direct_running_mode`` / ``--direct_num_workers`` say
+    otherwise. ValueError for a runner Beam does not know (``runner_name``)."""
+    argv = list(argv)
     given = {a.split("=", 1)[0] for a in argv}
-    defaults = (
-        [] if "--runner" in given else [f"{k}={v}" for k, v in LOCAL.items() if k not in given]
-    )
-    return _options_class()([*defaults, *argv])
+    if "--runner" not in given:
+        argv.insert(0, "--runner=FnApiRunner")
+    options = _options_class()(argv).get_all_options()
+    if runner_name(options["runner"]) == "FnApiRunner":
+        mode = options["direct_running_mode"]
+        if "--direct_running_mode" not in given:
+            mode = "multi_processing"
+            argv.append(f"--direct_running_mode={mode}")
+        if "--direct_num_workers" not in given and mode == "multi_processing":
+            argv.append("--direct_num_workers=0")  # Beam's "one per core"
+    return _options_class()(argv)

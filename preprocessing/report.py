@@ -3,9 +3,10 @@
 Each finished input is appended to the report at once, so a crash loses nothing already done;
 a re-run appends to it (never rewriting it, so a kill in the middle loses nothing either) and
 reads it back to skip inputs whose outputs exist; a line cut short by a kill is ignored. In a
-``gs://`` folder, whose objects cannot be appended to, the whole report is uploaded again at
-most every ``UPLOAD_EVERY_S`` seconds and when the run ends: a crash loses the last seconds'
-lines, whose inputs a re-run does again.
+``gs://`` folder, whose objects cannot be appended to, the report is written in parts: the lines
+of the last ``UPLOAD_EVERY_S`` seconds (and those left when the run ends) become a new object
+``report.jsonl.parts/TIME-ID.jsonl``, each uploaded once, never again; ``read_report`` joins
+them. A crash loses the last seconds' lines, whose inputs a re-run does again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from .files import is_url
 from .io import ImageError
 
 REPORT_NAME = "report.jsonl"
+PARTS_SUFFIX = ".parts"  # gs://: the folder of a report's parts, beside where it would be
 UPLOAD_EVERY_S = 10.0
 
 
@@ -34,9 +37,11 @@ def done_record(name: str, path: str | os.PathLike, outputs: list[str], **extra)
     return {"name": name, "input": str(path), "status": "done", "outputs": outputs, **extra}
 
 
-def failed_record(name: str, path: str | os.PathLike, exc: BaseException) -> dict:
-    """The report's line of an input that failed, with the reason."""
-    return {"name": name, "input": str(path), "status": "failed", "reason": reason_of(exc)}
+def failed_record(name: str, path: str | os.PathLike, exc: BaseException | str) -> dict:
+    """The report's line of an input that failed; ``exc``: the exception, or the reason it gave
+    (``reason_of``)."""
+    reason = exc if isinstance(exc, str) else reason_of(exc)
+    return {"name": name, "input": str(path), "status": "failed", "reason": reason}
 
 
 @dataclass
@@ -82,38 +87,28 @@ class Summary:
         return text
 
 
-class Report:
-    """``report.jsonl`` in ``folder``: one JSON line per input, appended as each finishes.
+class ReportWriter:
+    """Appends a JSON line per finished input to ``report.jsonl`` in ``folder`` (``fresh``: the
+    report of a previous run removed first); on ``gs://``, in parts (see the module). Several
+    writers may append at once, in one process or many (one per Beam bundle)."""
 
-    With ``resume`` it appends to the report of a previous run and knows the last record of each
-    input there (``previous``); a skipped input gets no new line, its record is there already.
-    Without, it starts an empty report.
-    """
-
-    def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
-        remote = is_url(folder)
-        if remote:
-            from etils import epath
-
-            self.path = epath.Path(folder) / name
-        else:
-            self.path = Path(folder) / name
-        text = _text(self.path) if resume else ""
-        cut_short = bool(text) and not text.endswith("\n")  # the last line, by a kill
-        if cut_short:
-            text += "\n"  # the next record starts a line of its own
-        self.previous = _records(text)
+    def __init__(self, folder: str | os.PathLike, *, name: str = REPORT_NAME, fresh: bool = False):
+        self.path = _report_path(folder, name)
         self.summary = Summary()
-        self._lines: list[str] = [text] if remote else []  # the report so far, uploaded whole
-        self._uploaded = -float("inf")
         self._file = None
-        if not remote:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 - see close()
-            if cut_short:
-                self._file.write("\n")
+        self._lines: list[str] = []  # gs://: the lines not uploaded yet
+        self._uploaded = time.monotonic()
+        if is_url(self.path):
+            if fresh:
+                _remove_remote(self.path)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115 - see close()
+        if self._file.tell() and _last_byte(self.path) != b"\n":  # a line cut short by a kill
+            self._file.write("\n")  # the next record starts a line of its own
 
     def _write(self, rec: dict) -> None:
+        self.summary.count(rec)
         line = json.dumps(rec) + "\n"
         if self._file is not None:
             self._file.write(line)
@@ -124,22 +119,44 @@ class Report:
             self._upload()
 
     def _upload(self) -> None:
-        self.path.write_text("".join(self._lines), encoding="utf-8")
+        """The lines not uploaded yet as a new part, named to sort after the parts before it."""
+        if self._lines:
+            part = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            (_parts(self.path) / part).write_text("".join(self._lines), encoding="utf-8")
+            self._lines = []
         self._uploaded = time.monotonic()
 
     def done(self, name: str, path: str | os.PathLike, outputs: list[str], **extra) -> None:
-        self._record(done_record(name, path, outputs, **extra))
+        self._write(done_record(name, path, outputs, **extra))
 
-    def _record(self, record: dict) -> None:
-        self.summary.count(record)
-        self._write(record)
+    def failed(self, name: str, path: str | os.PathLike, exc: BaseException | str) -> None:
+        self._write(failed_record(name, path, exc))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            self._upload()
+
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Report(ReportWriter):
+    """The report of a run: a ``ReportWriter`` that, with ``resume``, appends to the report of a
+    previous run and knows the last record of each input there (``previous``); a skipped input
+    gets no new line, its record is there already. Without, it starts an empty report."""
+
+    def __init__(self, folder: str | os.PathLike, *, resume: bool = True, name: str = REPORT_NAME):
+        self.previous = last_records(read_report(folder, name)) if resume else {}
+        super().__init__(folder, name=name, fresh=not resume)
 
     def skipped(self) -> None:
         """An input whose outputs a previous run wrote (its record is in ``previous``)."""
         self.summary.skipped += 1
-
-    def failed(self, name: str, path: str | os.PathLike, exc: BaseException) -> None:
-        self._record(failed_record(name, path, exc))
 
     def already_done(self, name: str) -> bool:
         """Whether a previous run did ``name``: its record says so and its outputs still exist."""
@@ -149,25 +166,45 @@ class Report:
             return False
         return all((self.path.parent / o).is_file() for o in rec["outputs"])
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        else:
-            self._upload()
 
-    def __enter__(self) -> Report:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _text(path) -> str:
-    """An existing report's text ("" if none); bytes a kill left undecodable are replaced."""
-    return path.read_bytes().decode("utf-8", "replace") if path.is_file() else ""
+def read_report(folder: str | os.PathLike, name: str = REPORT_NAME) -> str:
+    """The text of the report in ``folder`` ("" if none): ``report.jsonl`` then its parts in the
+    order written, each piece ending a line; bytes a kill left undecodable are replaced."""
+    path = _report_path(folder, name)
+    pieces = [path] if path.is_file() else []
+    if _parts(path).is_dir():
+        pieces += sorted(_parts(path).glob("*.jsonl"), key=lambda p: p.name)
+    texts = [p.read_bytes().decode("utf-8", "replace") for p in pieces]
+    return "".join(t if t.endswith("\n") else t + "\n" for t in texts if t)
 
 
-def _records(text: str) -> dict[str, dict]:
+def _report_path(folder: str | os.PathLike, name: str):
+    if is_url(folder):
+        from etils import epath
+
+        return epath.Path(folder) / name
+    return Path(folder) / name
+
+
+def _parts(path):
+    return path.parent / (path.name + PARTS_SUFFIX)
+
+
+def _remove_remote(path) -> None:
+    """A gs:// report and its parts."""
+    if path.exists():
+        path.unlink()
+    if _parts(path).is_dir():
+        _parts(path).rmtree()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def last_records(text: str) -> dict[str, dict]:
     """The last record of each input in a report's text (unreadable lines ignored)."""
     records: dict[str, dict] = {}
     for line in text.splitlines():

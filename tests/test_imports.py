@@ -43,6 +43,9 @@ NEEDS_AN_EXTRA = {
     # p2c-preprocess's pipeline: its DoFn subclasses Beam's at module level (the beam extra);
     # only `python -m preprocessing` imports it, lazily
     "preprocessing.beam_pipeline": "p2c-jax[beam]",
+    # p2c-infer --runner: its ModelHandler and DoFns subclass Beam's at module level (the beam
+    # extra); only p2c_jax.cli.infer imports it, lazily
+    "p2c_jax.beam_inference": "p2c-jax[beam]",
 }
 # No module imports these two at module level (p2c_jax.cli.serve does in main()).
 

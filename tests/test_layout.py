@@ -139,7 +139,7 @@ LAYERS = (
     ("train",),
     ("export",),
     ("cartoonize",),
-    ("whole_photo",),
+    ("whole_photo", "beam_inference"),
     ("serve",),
     ("cli",),
     ("p2c_jax",),

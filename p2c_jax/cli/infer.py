@@ -4,6 +4,9 @@
 or GPU machine instead and writes ``DIR/compile_report.json`` (docs/tpu.md).
 
 A re-run into the same ``--output`` (after a kill, say) skips the inputs already done.
+``--runner NAME`` runs the job on Apache Beam (``p2c_jax.beam_inference``), the flags this
+command does not know going to Beam's pipeline options; without it, one process on this host's
+devices (``p2c_jax.cartoonize``).
 Exit status: 0 when every input was done, 1 when some failed, 2 when none could be done or the
 weights (or a preprocessing backend) are unusable.
 """
@@ -111,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         "their outputs there, are skipped",
     )
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--runner",
+        help="run on Apache Beam (pip install 'p2c-jax[beam]'): FnApiRunner (worker processes "
+        "on this host, one per core; --direct_num_workers N), DataflowRunner, FlinkRunner, "
+        "SparkRunner...; the flags p2c-infer does not know go to Beam's pipeline options. "
+        "Default: one process that owns this host's devices",
+    )
     add_precision_flag(p)
     add_compile_cache_flag(p)
     add_compile_only_flags(p, "the generator's forward pass")
@@ -163,10 +173,21 @@ def compile_only(args: argparse.Namespace) -> int:
     return compile_only_done(inference_report.table(r), r, args.output)
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """The flags, and those for Beam: with ``--runner`` the flags ``parser`` does not know;
+    without, those are errors."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--runner")
+    if probe.parse_known_args(argv)[0].runner is None:
+        return parser.parse_args(argv), []
+    return parser.parse_known_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, beam_flags = parse(parser, argv)
     if args.compile_only:
         return compile_only(args)
     if not args.inputs or not args.weights:
@@ -176,6 +197,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.whole_photo and (args.no_preprocess or args.compare_torch):
         parser.error("--whole_photo finds the faces: not with --no_preprocess or --compare_torch")
+    if args.runner and (args.whole_photo or args.compare_torch):
+        parser.error("--runner: not with --whole_photo or --compare_torch")
+    options = None
+    if args.runner:
+        from preprocessing.extras import MissingExtraError
+
+        try:
+            from p2c_jax import beam_inference
+            from preprocessing import beam_runner
+
+            options = beam_runner.pipeline_options(["--runner", args.runner, *beam_flags])
+        except MissingExtraError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"error: --runner {e}", file=sys.stderr)
+            return 2
     use_compile_cache(args.compile_cache)
     from p2c_jax import cartoonize, paths
     from p2c_jax.inference import BatchedGenerator, default_batch_size, load_generator
@@ -228,6 +266,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if options is not None:
+        handler = beam_inference.GeneratorHandler(
+            os.fspath(paths.as_path(args.weights)),
+            generator.batch_size,
+            net=NET,
+            precision=args.precision,
+            img_size=args.img_size,
+            worker_setup=partial(use_compile_cache, args.compile_cache),
+        )
+        summary = beam_inference.run(
+            items,
+            output,
+            handler,
+            beam_inference.Prepare(make, generator.size),
+            options,
+            side_by_side=args.side_by_side,
+            overwrite=args.overwrite,
+        )
+        print(summary.line(), file=sys.stderr)
+        print(_wrote(output), file=sys.stderr)
+        return summary.exit_code
     if args.whole_photo:
         summary, faces = whole_photo.run(
             items,
@@ -260,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _wrote(output) -> str:
-    return f"wrote {output}/: the cartoons and report.jsonl (a line per input)"
+    from preprocessing.files import is_url
+    from preprocessing.report import PARTS_SUFFIX, REPORT_NAME
+
+    report = REPORT_NAME + (PARTS_SUFFIX + "/" if is_url(output) else "")
+    return f"wrote {output}/: the cartoons and {report} (a line per input)"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ batch padded, compiled once and sharded over two devices."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from p2c_jax.weights.checkpoint import save_nets
 from p2c_jax.weights.convert import load_torch
 from preprocessing import geometry
 from preprocessing.pipeline import Preprocessor
+from preprocessing.report import last_records, read_report
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = ["--batch_size", "2"]  # one compiled shape shared by the ngf=8 tests
@@ -87,7 +87,7 @@ def assert_within_one(got: np.ndarray, want: np.ndarray) -> None:
 
 
 def report(out: Path) -> dict[str, dict]:
-    return {r["name"]: r for r in map(json.loads, (out / "report.jsonl").read_text().splitlines())}
+    return last_records(read_report(out))
 
 
 # ------------------------------------------------- generated faces and stand-in backends
@@ -297,8 +297,9 @@ def test_faceless_photos(tmp_path, small):
 
 
 def test_output_on_gcs_as_in_a_local_folder(tmp_path, small, gcs_bucket, capsys):
-    """--output gs://... (a fake GCS server on 127.0.0.1): the PNGs and the report of a local
-    run, nothing written to a local "gs:" folder; another scheme is refused before any work."""
+    """--output gs://... (a fake GCS server on 127.0.0.1), by both engines: the PNGs and the
+    report rows of a local run (the report in parts), nothing written to a local "gs:" folder;
+    another scheme is refused before any work."""
     path, _ = small
     src = tmp_path / "in"
     src.mkdir()
@@ -306,13 +307,16 @@ def test_output_on_gcs_as_in_a_local_folder(tmp_path, small, gcs_bucket, capsys)
         Image.fromarray(synthetic_photo(256, 256, i)).save(src / f"p{i}.png")
     (src / "notes.txt").write_text("not a photo")
     args = ["--weights", str(path), "--no_preprocess", "--no_progress", *BATCH]
-    local, remote = tmp_path / "out", gcs_bucket / "out"
+    local = tmp_path / "out"
     assert main([str(src), "-o", str(local), *args]) == 1
-    assert main([str(src), "-o", str(remote), *args]) == 1
-    assert sorted(p.name for p in remote.iterdir()) == sorted(p.name for p in local.iterdir())
-    for name in ("p1.png", "p2.png", "p3.png"):
-        assert (remote / name).read_bytes() == (local / name).read_bytes()
-    assert report(remote) == report(local) and len(report(local)) == 4
+    beam = ["--runner", "FnApiRunner", "--direct_running_mode", "in_memory"]
+    for remote, engine in ((gcs_bucket / "out", []), (gcs_bucket / "beam", beam)):
+        assert main([str(src), "-o", str(remote), *args, *engine]) == 1
+        names = sorted(p.name for p in remote.iterdir())
+        assert names == ["p1.png", "p2.png", "p3.png", "report.jsonl.parts"]
+        for name in names[:3]:
+            assert (remote / name).read_bytes() == (local / name).read_bytes()
+        assert report(remote) == report(local) and len(report(local)) == 4
     assert not list(Path.cwd().glob("gs:*")) and not (tmp_path / "gs:").exists()
     capsys.readouterr()
     assert main([str(src), "-o", "memory://bar/out", *args]) == 2

@@ -1,6 +1,6 @@
-"""p2c-infer run again into the same --output: after a real kill -9 it does only what is missing
-and ends with the outputs of a run never stopped; a finished job is skipped whole; --overwrite
-does it all again."""
+"""p2c-infer run again into the same --output: after a real kill -9 (of the command, or of it
+and its Beam workers) it does only what is missing and ends with the outputs of a run never
+stopped; a finished job is skipped whole; --overwrite does it all again."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ REPO = Path(__file__).resolve().parents[2]
 COUNT = 8
 # test_infer's compiled shape; one worker: the killed run stalls with 4 cartoons written
 FLAGS = ["--no_preprocess", "--no_progress", "--batch_size", "2", "--workers", "1"]
+ENGINES = {  # the flags of the killed run and of the re-run (Beam's: in this process)
+    "default": ([], []),
+    "beam": (
+        ["--runner", "FnApiRunner", "--direct_num_workers", "2"],
+        ["--runner", "FnApiRunner", "--direct_running_mode", "in_memory"],
+    ),
+}
 
 
 def report_lines(out: Path) -> list[str]:
@@ -47,7 +54,8 @@ def photos(tmp_path) -> Path:
 
 
 def kill_once_some_are_done(argv: list[str], out: Path, last: Path) -> None:
-    """Run p2c-infer in a process of its own and SIGKILL it once some cartoons are written.
+    """Run p2c-infer in a process group of its own and SIGKILL it (its Beam workers too) once
+    some cartoons are written.
 
     ``last`` (the last input) is a FIFO that nothing writes to, so the run stalls on it and
     the kill always comes mid-job, with the earlier batches done."""
@@ -60,6 +68,7 @@ def kill_once_some_are_done(argv: list[str], out: Path, last: Path) -> None:
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -68,24 +77,26 @@ def kill_once_some_are_done(argv: list[str], out: Path, last: Path) -> None:
             assert time.monotonic() < deadline, "no cartoons after 120 s"
             time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.slow  # a CLI process of its own: about 20 s of CPU
-def test_rerun_after_kill_does_only_what_is_missing(tmp_path, photos, weights, capsys):
+@pytest.mark.slow  # a CLI process of its own: about 20 s of CPU (with two Beam workers: 40 s)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rerun_after_kill_does_only_what_is_missing(tmp_path, photos, weights, capsys, engine):
     argv = [str(photos), "--weights", str(weights), *FLAGS]
     straight = tmp_path / "straight"
-    assert main([*argv, "-o", str(straight)]) == 0
+    assert main([*argv, "-o", str(straight)]) == 0  # today's engine: the outputs wanted
+    killed_flags, rerun_flags = ENGINES[engine]
     want = files(straight)
     assert sorted(want) == [f"p{i}.png" for i in range(COUNT)]
 
     out = tmp_path / "out"
     last = photos / f"p{COUNT - 1}.png"
     last_bytes = last.read_bytes()
-    kill_once_some_are_done([*argv, "-o", str(out)], out, last)
+    kill_once_some_are_done([*argv, *killed_flags, "-o", str(out)], out, last)
     last.unlink()
     last.write_bytes(last_bytes)  # the photo has arrived
     killed = {n: b for n, b in files(out).items() if not n.startswith(".")}  # whole ones
@@ -102,7 +113,7 @@ def test_rerun_after_kill_does_only_what_is_missing(tmp_path, photos, weights, c
     stamps = {n: (out / n).stat().st_mtime_ns for n in done[:-1]}
     capsys.readouterr()
 
-    assert main([*argv, "-o", str(out)]) == 0
+    assert main([*argv, *rerun_flags, "-o", str(out)]) == 0
     assert f"{COUNT} inputs: {COUNT} done ({len(done) - 1} already), 0 failed" in (
         capsys.readouterr().err
     )
