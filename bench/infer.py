@@ -18,7 +18,7 @@ Two comparisons:
   weight loading and compilation included, then the same command again, which finds the
   compiled generator in the first one's ``--compile_cache``.
 - in one process, models loaded once: a sequential loop, one photo at a time through the same
-  preprocessing and our PyTorch port, against ``p2c_jax.inference.run`` (thread pool, batched
+  preprocessing and our PyTorch port, against ``p2c_jax.cartoonize.run`` (thread pool, batched
   compiled JAX generator, compiled before the clock starts; the compile time is printed apart).
 """
 
@@ -145,7 +145,8 @@ def main() -> None:
         return
 
     from p2c_jax import load_generator
-    from p2c_jax.inference import BatchedGenerator, Preparer, default_batch_size, run
+    from p2c_jax.cartoonize import Preparer, run
+    from p2c_jax.inference import BatchedGenerator, default_batch_size
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -207,7 +208,7 @@ def main() -> None:
         gen(np.zeros((1, 256, 256, 3), np.float32))
         compile_s = time.perf_counter() - t
         t = time.perf_counter()
-        ours = run(
+        ours, _ = run(
             items,
             tmp / "ours",
             gen,
@@ -240,7 +241,7 @@ def main() -> None:
             per_photo_s,
         ),
         ("the original's single-image loop in one process, models loaded once", base_s, None),
-        ("`p2c_jax.inference.run` in one process, compiled before the clock", ours_s, base_s),
+        ("`p2c_jax.cartoonize.run` in one process, compiled before the clock", ours_s, base_s),
     ]
     print(
         f"{args.count} photos ({n} with a face), ngf={args.ngf} light, batch {gen.batch_size}, "
