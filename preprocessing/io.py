@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from io import BytesIO
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -40,17 +41,18 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB")))
 
 
-def _readable(path: str | os.PathLike):
-    """What ``Image.open`` reads: a local path, or the bytes of a ``gs://`` object."""
-    if not is_url(path):
+def _readable(path: str | os.PathLike | BinaryIO):
+    """What ``Image.open`` reads: a local path or an open file as they are, the bytes of a
+    ``gs://`` object."""
+    if hasattr(path, "read") or not is_url(path):
         return path
     from etils import epath
 
     return BytesIO(epath.Path(path).read_bytes())
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode a photo (a local path or ``gs://``) as an RGB uint8 array, EXIF orientation applied.
+def load_rgb(path: str | os.PathLike | BinaryIO) -> np.ndarray:
+    """Decode a photo (a local path, ``gs://``, or an open binary file) as an RGB uint8 array, EXIF orientation applied.
 
     Grayscale, 16-bit, palette, CMYK and alpha images are converted; an alpha
     channel is put on white. Raises ImageError with a short reason otherwise.
