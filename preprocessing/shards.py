@@ -23,7 +23,7 @@ from .pipeline import Processor, output_stems, write_outputs
 from .report import REPORT_NAME, done_record, failed_record
 
 MARKERS = ".shards"  # the commit markers' folder in the save path
-FORMATS = {"tfrecord": "tfrecords", "array_record": "array_record"}  # record format: its folder
+FORMATS = {"tfrecord": "tfrecords", "array_record": "array_record"}  # format: folder and module
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,7 @@ def write_if_changed(path: str, data: bytes) -> None:
         write_atomic(path, data)
 
 
-def record_module(record_format: str | None):
+def record_module(record_format: str):
     """The writer module of a record format (imported when records are written: TensorFlow for
     TFRecords; ``MissingExtraError`` naming the extra when it is absent)."""
-    name = "tfrecords" if record_format == "tfrecord" else "array_record"
-    return importlib.import_module(f".{name}", __package__)
+    return importlib.import_module(f".{FORMATS[record_format]}", __package__)
