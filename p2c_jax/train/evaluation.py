@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from p2c_jax import paths
-from p2c_jax.data import input_pipeline, tfrecords
+from p2c_jax.data import grain_input, input_pipeline, tfrecords
 from p2c_jax.eval import features
 from p2c_jax.eval.evaluator import Evaluator, Scores
 from p2c_jax.eval.identity import DlibIdentity, MobileFaceNetIdentity
@@ -77,7 +77,10 @@ def _host(tree):
 
 
 def _split_size(dataset_dir, split: str) -> int:
-    """How many images a test split holds (folders or TFRecords)."""
+    """How many images a test split holds (ArrayRecord shards, TFRecords or folders)."""
+    shards = grain_input.find_shards(dataset_dir)
+    if shards is not None:
+        return len(grain_input.open_split(shards, split))
     tf_dir = tfrecords.find_dataset(dataset_dir)
     if tf_dir is not None:
         return int(tfrecords.read_splits(tf_dir)[split].size)
