@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .extras import needs
-from .files import walk_key
+from .files import is_url, walk_key
 from .splits import SPLITS
 
 FOLDER = "array_record"  # the shards' folder in a dataset folder
@@ -51,9 +51,15 @@ def shard_path(folder: str | os.PathLike, split: str, index: int, count: int) ->
 
 
 def split_shards(folder: str | os.PathLike, split: str) -> list[str]:
-    """The shard files of `split` in `folder`, in order (local paths)."""
+    """The shard files of `split` in `folder`, in order: local paths, or the URIs of a
+    `gs://` folder (listed by etils.epath; array_record reads them itself)."""
     pattern = f"{split}.{FOLDER}-[0-9]*-of-[0-9]*"
-    return sorted(glob.glob(os.path.join(glob.escape(os.fspath(folder)), pattern)))
+    text = os.fspath(folder)
+    if is_url(text):
+        from etils import epath  # gcsfs, or tf.io.gfile when TensorFlow is installed
+
+        return sorted(str(p) for p in epath.Path(text.rstrip("/")).glob(pattern))
+    return sorted(glob.glob(os.path.join(glob.escape(text), pattern)))
 
 
 def write_shard(path: str | os.PathLike, examples: Iterable[tuple[str, bytes]]) -> int:

@@ -9,8 +9,9 @@ have it, whatever the number of shards or processes; the batches are the folder 
 whatever the topology. Starting at step k reads no record of the steps before: the data
 position saved with a checkpoint (the step) is the whole iterator state.
 
-array_record reads local files only (or a bucket mounted by gcsfuse): a `gs://` dataset of
-shards is refused by `input_pipeline.resolve_dataset` with that advice.
+Shards may be local or in a `gs://` bucket: array-record (>= 0.8.6) reads `gs://` itself
+through its C++ GCS client (credentials as google-cloud-cpp finds them), so a bucket is read
+as a folder is, each process fetching only its records; etils.epath lists the shards.
 """
 
 from __future__ import annotations
@@ -24,18 +25,25 @@ import numpy as np
 from p2c_jax.data.augment import augment_params, decode_image, epoch_permutation, transform
 from preprocessing import array_record
 from preprocessing.extras import needs
-from preprocessing.files import is_url
+from preprocessing.files import is_url, join
 from preprocessing.splits import SPLITS
 
 _END = 2**62  # positions of an endless stream
 
 
-def find_shards(dataset_dir: str | os.PathLike) -> Path | None:
-    """The local folder of `dataset_dir`'s ArrayRecord shards (`<dataset>/array_record`, or
-    the folder itself), or None (always for a URI)."""
-    if is_url(os.fspath(dataset_dir)):
-        return None
-    for cand in (Path(dataset_dir) / array_record.FOLDER, Path(dataset_dir)):
+def find_shards(dataset_dir: str | os.PathLike) -> Path | str | None:
+    """The folder of `dataset_dir`'s ArrayRecord shards (`<dataset>/array_record`, or the
+    folder itself), or None: a Path, or for a `gs://` dataset its URI (array_record reads no
+    other scheme, so any other URI has none)."""
+    text = os.fspath(dataset_dir)
+    if is_url(text):
+        if not text.startswith("gs://"):
+            return None
+        root = text.rstrip("/")
+        candidates: tuple[Path | str, ...] = (join(root, array_record.FOLDER), root)
+    else:
+        candidates = (Path(dataset_dir) / array_record.FOLDER, Path(dataset_dir))
+    for cand in candidates:
         if any(array_record.split_shards(cand, s) for s in SPLITS):
             return cand
     return None

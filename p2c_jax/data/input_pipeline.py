@@ -35,8 +35,8 @@ array_record`, under `<dataset>/array_record`) they are read instead, through Gr
 topology and the number of shards, each process reading only its records, resumed at
 step k without reading the records before it.
 
-A remote dataset (`gs://...`, any scheme `tf.io.gfile` reads) must be TFRecords; ArrayRecord
-shards in a bucket are read through a gcsfuse mount (docs/cloud.md).
+A remote dataset is TFRecords (`gs://...`, any scheme `tf.io.gfile` reads) or ArrayRecord
+shards in a `gs://` bucket, which array_record reads directly (docs/cloud.md).
 """
 
 from __future__ import annotations
@@ -118,13 +118,26 @@ def _record_counts(tf_dir: str) -> dict[str, int]:
 def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
     """The dataset folder of `--dataset`: 'demo' (built on first use at `<root>/demo`),
     a plain name (`<root>/<name>`, as in the original), a path, or the URI of a remote
-    TFRecord dataset (returned as the string, never made a local Path).
+    TFRecord or ArrayRecord dataset (returned as the string, never made a local Path).
 
     Raises DatasetError naming the flag and the missing or empty splits.
     """
     if is_url(dataset):
         uri = dataset.rstrip("/")
-        _refuse_remote_shards(dataset, uri)
+        try:
+            shards = _shards(uri)
+        except ImportError as e:  # epath lists gs:// with gcsfs or tf.io.gfile
+            raise DatasetError(
+                f"--dataset {dataset}: listing gs:// needs gcsfs: pip install 'p2c-jax[gcs]' ({e})"
+            ) from None
+        if shards is not None:
+            bad = [s for s in SPLITS if not array_record.split_shards(shards, s)]
+            if bad:
+                raise DatasetError(
+                    f"--dataset {dataset}: the ArrayRecord shards in {shards} lack images in "
+                    f"{', '.join(bad)}"
+                )
+            return uri
         try:
             tf_dir = tfrecords.find_dataset(uri)
         except ValueError:
@@ -134,9 +147,9 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
             ) from None
         if tf_dir is None:
             raise DatasetError(
-                f"--dataset {dataset}: no TFRecord dataset there (a remote dataset must be "
-                "written by `python -m preprocessing --tfrecords`; image folders are read "
-                "from local disk only)"
+                f"--dataset {dataset}: no TFRecord dataset or ArrayRecord shards there (a "
+                "remote dataset must be written by `python -m preprocessing --tfrecords`, "
+                "`--format array_record` for shards; image folders are read from local disk only)"
             )
         bad = [s for s in SPLITS if _record_counts(tf_dir).get(s, 0) == 0]
         if bad:
@@ -176,23 +189,10 @@ def resolve_dataset(dataset: str, root: str | Path = "dataset") -> Path | str:
     return path
 
 
-def _shards(dataset_dir: str | os.PathLike) -> Path | None:
+def _shards(dataset_dir: str | os.PathLike) -> Path | str | None:
     from p2c_jax.data.grain_input import find_shards
 
     return find_shards(dataset_dir)
-
-
-def _refuse_remote_shards(dataset: str, uri: str) -> None:
-    """DatasetError for ArrayRecord shards in a bucket: array_record reads local files only."""
-    if not uri.startswith("gs://"):
-        return
-    from etils import epath  # not paths.as_path: TFRecords on gs:// need no google-cloud-storage
-
-    if any(epath.Path(uri).glob(f"{array_record.FOLDER}/*.{array_record.FOLDER}-*")):
-        raise DatasetError(
-            f"--dataset {dataset}: array_record reads ArrayRecord shards from local files only; "
-            f"mount the bucket with gcsfuse and pass the mounted folder (docs/cloud.md)"
-        )
 
 
 # ---------------------------------------------------------------------------- batches
@@ -278,7 +278,7 @@ def _stream_example(
     return example
 
 
-def _open_shards(shards: Path, dataset_dir: str | os.PathLike, split: str):
+def _open_shards(shards: Path | str, dataset_dir: str | os.PathLike, split: str):
     from p2c_jax.data.grain_input import open_split
 
     try:

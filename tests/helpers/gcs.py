@@ -8,6 +8,7 @@ subprocesses it starts (see ``docs/cloud.md``):
 - epath -> gcsfs (``EPATH_USE_TF=false``: TensorFlow's GCS client has its endpoint compiled in),
   ``STORAGE_EMULATOR_HOST`` for gcsfs and google-cloud-storage, anonymous credentials;
 - Orbax arrays -> TensorStore: ``TENSORSTORE_GCS_HTTP_URL`` and a fixed bearer token;
+- ArrayRecord shards -> array_record's C++ client: ``CLOUD_STORAGE_EMULATOR_ENDPOINT``;
 - every metadata-server lookup sent to a closed loopback port, never off the machine.
 
 Fixtures: ``gcs_server`` (session, a ``FakeGcs``) and ``gcs_bucket`` (a fresh, empty
@@ -54,6 +55,8 @@ def gcs_env(url: str) -> dict[str, str]:
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         # TensorStore (Orbax's array writes)
         "TENSORSTORE_GCS_HTTP_URL": url,
+        # array_record's C++ GCS client (google-cloud-cpp, in riegeli's GcsReader)
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-token",
         # no Google metadata server: never probe one, and if something does, loopback only
         "NO_GCE_CHECK": "true",

@@ -1,5 +1,6 @@
-"""ArrayRecord shards read through Grain: the folders' batches at any topology and shard count,
-each process reading only its records, resumed without reading earlier ones."""
+"""ArrayRecord shards, local or in a gs:// bucket, read through Grain: the folders' batches at
+any topology and shard count, each process reading only its records, resumed without reading
+earlier ones."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from p2c_jax.data import input_pipeline as ip
 from p2c_jax.data.augment import batch_file_indices
+from p2c_jax.train import evaluation
 from preprocessing.splits import SPLITS
 
 require("grain", "the grain extra")
@@ -141,10 +143,54 @@ def test_missing_split_names_the_dataset(source, tmp_path):
         ip.resolve_dataset(str(tmp_path))
 
 
-def test_shards_in_a_bucket_name_the_way_out(shards, gcs_bucket):
-    """array_record reads local files only: a gs:// dataset of shards says to mount it."""
-    for f in (shards[1] / "array_record").iterdir():
-        (gcs_bucket / "array_record" / f.name).write_bytes(f.read_bytes())
+def _upload(folder: Path, dest) -> None:
+    """The files of `folder` copied under the epath `dest` (a gs:// prefix)."""
+    for f in sorted(folder.iterdir()):
+        (dest / f.name).write_bytes(f.read_bytes())
+
+
+def test_shards_in_a_bucket_read_as_the_folder(shards, gcs_bucket, monkeypatch):
+    """array_record reads gs:// itself: a bucket's shards give the folder's batches, at 1 and
+    2 processes and resumed at step k; the held-out and evaluation images too. Shards win over TFRecords beside
+    them, as locally, and no TensorFlow is asked (its GCS client could not reach the fake)."""
+    _upload(shards[3] / "array_record", gcs_bucket / "array_record")
+    (gcs_bucket / "tfrecords" / "dataset_info.json").write_text("{}")
+    monkeypatch.setattr(ip.tfrecords, "find_dataset", lambda d: pytest.fail(f"TFRecords of {d}"))
     uri = str(gcs_bucket)
-    with pytest.raises(ip.DatasetError, match=rf"--dataset {uri}: array_record reads .* gcsfuse"):
+    assert ip.resolve_dataset(uri + "/") == uri
+    assert grain_input.find_shards(uri) == f"{uri}/array_record"
+    assert array_record.split_shards(f"{uri}/array_record", "trainA") == [
+        f"{uri}/array_record/{Path(f).name}"
+        for f in array_record.split_shards(shards[3] / "array_record", "trainA")
+    ]
+    k = 3
+    for pc in (1, 2):
+        local = _global(shards[3], pc)
+        np.testing.assert_array_equal(_global(uri, pc), local)
+        np.testing.assert_array_equal(_global(uri, pc, steps=STEPS - k, start=k), local[k:])
+    np.testing.assert_array_equal(
+        ip.held_out_images(uri, "B", SIZE, 5), ip.held_out_images(shards[3], "B", SIZE, 5)
+    )
+    held_out = evaluation.held_out_uint8(uri, "A", SIZE, 0)  # --eval_freq: the whole split
+    assert held_out.shape == (5, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(held_out, evaluation.held_out_uint8(shards[3], "A", SIZE, 0))
+
+
+def test_bucket_without_a_split_or_a_dataset_names_the_flag(
+    source, tmp_path, gcs_bucket, monkeypatch
+):
+    """A bucket's shards lacking splits, or a bucket with neither shards nor TFRecords: a
+    DatasetError naming --dataset."""
+    array_record.write_dataset(source, tmp_path, ["trainA", "testA"])
+    _upload(tmp_path, gcs_bucket)
+    uri = str(gcs_bucket)
+    with pytest.raises(
+        ip.DatasetError,
+        match=rf"--dataset {uri}: the ArrayRecord shards in {uri} lack images in trainB, testB",
+    ):
         ip.resolve_dataset(uri)
+    monkeypatch.setattr(ip.tfrecords, "find_dataset", lambda d: None)  # no TFRecords there
+    with pytest.raises(
+        ip.DatasetError, match=rf"--dataset {uri}/empty: no TFRecord dataset or ArrayRecord shards"
+    ):
+        ip.resolve_dataset(f"{uri}/empty")
