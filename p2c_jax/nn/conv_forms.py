@@ -1,6 +1,8 @@
 """Convolutions in the forms measured fastest on XLA:CPU (``bench/conv_forms.py``,
 ``docs/benchmarks.md``), as pure functions of ``Numerics``; ``layers.conv2d`` uses them when
 ``numerics.conv_forms`` is set. Each computes the same convolution as ``Numerics.conv``.
+For TPUs, ``conv_with_matmul_kernel_grad`` (``numerics.matmul_kernel_grads``): XLA's
+convolution whose kernel gradient is computed by matrix products (docs/tpu.md).
 
 Chosen by shape: 1x1 kernels as matrix products, kernels over 3x3 on at most 4 input channels
 (the generator's 7x7 ones) over 2 x 2 pixel blocks, 3x3 ones over 17-32 channels in 16-channel
@@ -129,3 +131,44 @@ def _with_plain_gradient_bwd(numerics, padding, residuals, ct):
 
 
 _with_plain_gradient.defvjp(_with_plain_gradient_fwd, _with_plain_gradient_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def conv_with_matmul_kernel_grad(
+    numerics: Numerics, stride: int, padding: int, x: jax.Array, kernel: jax.Array
+) -> jax.Array:
+    """``numerics.conv`` whose kernel gradient is one matrix product of the input's patches
+    (the windows under each kernel tap, side by side) and the output's cotangent: XLA:TPU
+    compiles that product several times faster than the kernel-gradient convolution it
+    derives (docs/tpu.md). The input's gradient is the convolution's own."""
+    return numerics.conv(x, kernel, stride, padding)
+
+
+def _matmul_kernel_grad_fwd(numerics, stride, padding, x, kernel):
+    return numerics.conv(x, kernel, stride, padding), (x, kernel)
+
+
+def _matmul_kernel_grad_bwd(numerics, stride, padding, residuals, ct):
+    x, kernel = residuals
+    _, pullback = jax.vjp(lambda x: numerics.conv(x, kernel, stride, padding), x)
+    (ct_x,) = pullback(ct)
+    xp, c_in = _pad(x, padding), x.shape[3]
+    n, h, w, c_out = ct.shape
+    ct_rows = ct.reshape(-1, c_out)
+    kh, kw = kernel.shape[:2]
+    windows = [
+        jax.lax.slice(
+            xp,
+            (0, i, j, 0),
+            (n, i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, c_in),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * c_in)
+    ct_kernel = numerics.matmul(patches.T, ct_rows).reshape(kernel.shape)
+    return ct_x, ct_kernel.astype(kernel.dtype)
+
+
+conv_with_matmul_kernel_grad.defvjp(_matmul_kernel_grad_fwd, _matmul_kernel_grad_bwd)

@@ -116,9 +116,12 @@ def conv2d(
     groups: int = 1,
 ) -> jax.Array:
     """NHWC convolution with an HWIO kernel, torch semantics, in ``numerics`` (its XLA:CPU forms
-    where ``numerics.conv_forms``); the output is named ``CONV_OUTPUT``."""
+    where ``numerics.conv_forms``, its kernel gradient as matrix products where
+    ``numerics.matmul_kernel_grads``); the output is named ``CONV_OUTPUT``."""
     if numerics.conv_forms:
         y = conv_forms.conv(numerics, x, kernel, stride, padding, groups)
+    elif numerics.matmul_kernel_grads and groups == 1:
+        y = conv_forms.conv_with_matmul_kernel_grad(numerics, stride, padding, x, kernel)
     else:
         y = numerics.conv(x, kernel, stride, padding, groups)
     return checkpoint_name(y if bias is None else y + bias[...], CONV_OUTPUT)

@@ -7,6 +7,9 @@ multiplies, set when a net is built (``models.build``), as flax sets ``nnx.Conv`
   normalisation statistics, the blends, logits, losses and the Face-ID cosine stay float32).
 - ``conv_forms``: convolutions in the forms measured fastest on XLA:CPU
   (``nn.conv_forms``); XLA's plain convolution otherwise.
+- ``matmul_kernel_grads``: each convolution's kernel gradient as a matrix product of input
+  patches and the output's cotangent (``nn.conv_forms.conv_with_matmul_kernel_grad``), for
+  TPUs, whose compiler takes several times longer over a kernel-gradient convolution.
 
 ``Numerics`` is a frozen, hashable value: it is part of a net's graph definition, so nets of
 different numerics are different programs, and nothing is read from global state at trace time.
@@ -36,6 +39,7 @@ def check_precision(name: str) -> str:
 class Numerics:
     precision: str = "float32"
     conv_forms: bool = False
+    matmul_kernel_grads: bool = False
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -44,8 +48,11 @@ class Numerics:
     def for_devices(
         cls, devices: Sequence[jax.Device], precision: str = "float32", plan: str = "auto"
     ) -> Numerics:
-        """The numerics of nets that run on ``devices`` (``parallel.uses_cpu_forms``)."""
-        return cls(precision, conv_forms=uses_cpu_forms(devices, plan))
+        """The numerics of nets that run on ``devices`` (``parallel.uses_cpu_forms``; kernel
+        gradients as matrix products on TPUs)."""
+        cpu = uses_cpu_forms(devices, plan)
+        tpu = not cpu and all(d.platform == "tpu" for d in devices)
+        return cls(precision, conv_forms=cpu, matmul_kernel_grads=tpu)
 
     def _operands(self, *xs: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
         """(keyword arguments of the product, its operands) in this precision."""

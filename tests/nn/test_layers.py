@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -21,6 +22,7 @@ from p2c_jax.nn.layers import (
 from p2c_jax.nn.numerics import Numerics
 
 CPU_FORMS = Numerics(conv_forms=True)
+TPU_FORMS = Numerics(matmul_kernel_grads=True)
 
 
 def _plain_conv(x, k, stride=1, padding=0, groups=1):
@@ -91,9 +93,12 @@ def test_pad_hw_and_its_gradient_leave_the_batch_axis_alone(mode):
         (7, 8, 3, 1, 3, 1, 1e-11),
     ],
 )
-def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, groups, tol):
-    """Output and both gradients of each form ``conv2d`` picks on XLA:CPU, against XLA's
-    convolution."""
+@pytest.mark.parametrize("numerics", [CPU_FORMS, TPU_FORMS], ids=["cpu", "tpu"])
+def test_conv2d_forms_and_their_gradients(
+    kernel, cin, cout, stride, padding, groups, tol, numerics
+):
+    """Output and both gradients of each form ``conv2d`` picks on XLA:CPU, and of the TPU's
+    (kernel gradients as matrix products), against XLA's convolution."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 11, 10, cin))
     k = rng.standard_normal((kernel, kernel, cin // groups, cout))
@@ -102,13 +107,28 @@ def test_conv2d_forms_and_their_gradients(kernel, cin, cout, stride, padding, gr
     ct = rng.standard_normal((2, *out, cout))
     with jax.enable_x64(True):
         ours = jax.vjp(
-            jax.jit(lambda x, k, b: conv2d(x, k, b, CPU_FORMS, stride, padding, groups)), x, k, b
+            jax.jit(lambda x, k, b: conv2d(x, k, b, numerics, stride, padding, groups)), x, k, b
         )
         want = jax.vjp(
             jax.jit(lambda x, k, b: _plain_conv(x, k, stride, padding, groups) + b), x, k, b
         )
         for got, exp in zip((ours[0], *ours[1](ct)), (want[0], *want[1](ct)), strict=True):
             np.testing.assert_allclose(np.asarray(got), np.asarray(exp), atol=tol, rtol=tol)
+
+
+def test_numerics_follow_the_devices():
+    """XLA:CPU's forms for CPU devices, the matrix-product kernel gradients for TPU devices
+    (never the host's backend), XLA's plain convolutions for GPUs; ``plan`` forces the
+    CPU forms on or off."""
+
+    def on(platform: str, plan: str = "auto") -> Numerics:
+        return Numerics.for_devices([SimpleNamespace(platform=platform)] * 2, plan=plan)
+
+    assert on("cpu") == Numerics(conv_forms=True)
+    assert on("tpu") == Numerics(matmul_kernel_grads=True)
+    assert on("cuda") == Numerics()
+    assert on("cpu", "accelerator") == Numerics()
+    assert on("tpu", "cpu") == Numerics(conv_forms=True)
 
 
 def test_initialisation_is_torchs_default():
