@@ -11,8 +11,9 @@
   heap's free pages back to the system (``malloc_trim``: on CPU the device buffers live there,
   and glibc keeps freed pages resident).
 
-Both compute the same step on global arrays: XLA inserts the reductions of gradients and
-metrics over devices and hosts. ``make_step`` picks one from the mesh's devices.
+Both compute the same step: staged on global arrays, whose reductions over devices and hosts
+XLA inserts; fused per device, with one mean over devices per update. ``make_step`` picks one
+from the mesh's devices.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-from p2c_jax.parallel import batch_sharding, replicated, uses_cpu_forms
+from p2c_jax.parallel import AXIS, batch_sharding, replicated, uses_cpu_forms
 from p2c_jax.train.step import CALL_LOSSES, CALL_STAGES, STAGES, TrainStep
 
 
@@ -69,13 +71,25 @@ class _InOneProgram:
 
 class Fused:
     """The step as one program: ``lower``/``__call__`` take global arrays placed as
-    ``shardings`` says (state and face state replicated, batches sharded)."""
+    ``shardings`` says (state and face state replicated, batches sharded). Each device runs
+    the body on its slice of the batch (``shard_map``, ``TrainStep.per_device``), so the only
+    cross-device traffic is each update's one mean of its gradients and metrics (XLA's
+    partitioner, given global arrays, reduces a gradient in every iteration of the call
+    stages' loops)."""
 
     def __init__(self, step: TrainStep, mesh: Mesh):
         rep, dat = replicated(mesh), batch_sharding(mesh)
         self.in_shardings = (rep, rep, dat, dat)
+        share = step.per_device(AXIS)
+        body = jax.shard_map(
+            functools.partial(share, _InOneProgram(share)),
+            mesh=mesh,
+            in_specs=(P(), P(), P(AXIS), P(AXIS)),
+            out_specs=(P(), P()),
+            check_vma=False,
+        )
         self.program = jax.jit(
-            functools.partial(step, _InOneProgram(step)),
+            body,
             in_shardings=self.in_shardings,
             out_shardings=(rep, rep),
             donate_argnums=(0,),

@@ -3,8 +3,9 @@
 ``TrainStep`` is the step's one body: a function of (train state, frozen face-ID state, global
 batch of A, of B) written as a sequence of stages, each a pure function of global arrays.
 ``train.partition`` runs the body as one compiled program (fused) or each stage as its own
-(staged); XLA partitions either over the mesh: parameters replicated, the batch split on the
-``data`` axis, gradients of the global batch mean summed across devices and hosts.
+(staged), parameters replicated and the batch split on the mesh's ``data`` axis: staged, XLA
+partitions each stage of global arrays; fused, the body runs per device (``per_device``) and
+each update takes the mean over devices of its gradients and metrics once.
 
 Semantics of the original ``UgatitSadalinHourglass.train`` step, in its order:
 
@@ -110,16 +111,35 @@ class TrainStep:
     """
 
     def __init__(
-        self, model: TrainModel, hp: Hparams, *, remat: bool = False, with_grads: bool = False
+        self,
+        model: TrainModel,
+        hp: Hparams,
+        *,
+        remat: bool = False,
+        with_grads: bool = False,
+        device_axis: str | None = None,
     ):
         if model.specs["genA2B"] != model.specs["genB2A"]:
             raise ValueError("the step runs both generators as one function: they need one spec")
         self.model, self.hp, self.with_grads = model, hp, with_grads
-        self._key = (model, hp, remat, with_grads)
+        self.remat, self.device_axis = remat, device_axis
+        self._key = (model, hp, remat, with_grads, device_axis)
         policy = None if remat else jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
         self._generator = jax.checkpoint(
             functools.partial(model.generator, "genA2B"), policy=policy
         )
+
+    def per_device(self, axis: str) -> TrainStep:
+        """This step as each device's share of it, inside ``shard_map`` over mesh axis ``axis``:
+        every stage sees the device's slice of the batch, and each update takes the mean over
+        devices of its gradients and metrics, once (the global batch mean's)."""
+        return TrainStep(
+            self.model, self.hp, remat=self.remat, with_grads=self.with_grads, device_axis=axis
+        )
+
+    def _over_devices(self, tree: Tree) -> Tree:
+        """The mean over devices of per-device means (the global batch mean's), per device."""
+        return tree if self.device_axis is None else jax.lax.pmean(tree, self.device_axis)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, TrainStep) and self._key == other._key
@@ -148,6 +168,7 @@ class TrainStep:
         (loss, (terms, spectral)), grads = jax.value_and_grad(objective, has_aux=True)(
             dis, spectral
         )
+        loss, terms, grads = self._over_devices((loss, terms, grads))
         dis, opt_d = _apply(optimizer(self.hp), grads, opt_d, dis, lr)
         return dis, spectral, opt_d, {"d_loss": loss, **terms}, self._if_asked(grads)
 
@@ -173,9 +194,10 @@ class TrainStep:
         clippers: (gen, opt_g, step + 1, metrics, raw gradients or None, as the D update's);
         each G loss term summed over ``terms``."""
         grads = {name: _summed(parts) for name, parts in grads.items()}
+        parts = {k: sum(t[k] for t in terms if k in t) for k in losses.G_TERMS}
+        grads, parts = self._over_devices((grads, parts))
         tx = optax.masked(optimizer(self.hp), self.model.gen_mask)
         gen, opt_g = _apply(tx, grads, opt_g, gen, lr)
-        parts = {k: sum(t[k] for t in terms if k in t) for k in losses.G_TERMS}
         metrics = {
             "g_loss": losses.weighted(self.hp, parts),
             **{f"g_{k}": v for k, v in parts.items()},

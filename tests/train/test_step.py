@@ -111,7 +111,8 @@ def test_later_generator_calls_keep_no_activations_across_calls():
     step, state, x = _step_and_inputs()
     mesh = parallel.make_mesh(jax.devices()[:1])
     program = _step_jaxpr(partition.make_step(step, mesh, "accelerator")).jaxpr.eqns[0]
-    inner = program.params["jaxpr"].jaxpr.eqns
+    (per_device,) = [e for e in program.params["jaxpr"].jaxpr.eqns if e.primitive.name == "shard_map"]
+    inner = per_device.params["jaxpr"].eqns
     loops = [e for e in inner if e.primitive.name == "scan" and e.params["length"] == 4]
     assert len(loops) == 1
     per_call = _nbytes(state["gen"]["genA2B"]) + _nbytes(x) + 2 * 2 * 4  # grads, ct, 2 terms
