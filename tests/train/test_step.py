@@ -111,7 +111,9 @@ def test_later_generator_calls_keep_no_activations_across_calls():
     step, state, x = _step_and_inputs()
     mesh = parallel.make_mesh(jax.devices()[:1])
     program = _step_jaxpr(partition.make_step(step, mesh, "accelerator")).jaxpr.eqns[0]
-    (per_device,) = [e for e in program.params["jaxpr"].jaxpr.eqns if e.primitive.name == "shard_map"]
+    (per_device,) = [
+        e for e in program.params["jaxpr"].jaxpr.eqns if e.primitive.name == "shard_map"
+    ]
     inner = per_device.params["jaxpr"].eqns
     loops = [e for e in inner if e.primitive.name == "scan" and e.params["length"] == 4]
     assert len(loops) == 1
