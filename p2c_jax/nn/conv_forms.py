@@ -1,8 +1,9 @@
 """Convolutions in the forms measured fastest on XLA:CPU (``bench/conv_forms.py``,
 ``docs/benchmarks.md``), as pure functions of ``Numerics``; ``layers.conv2d`` uses them when
 ``numerics.conv_forms`` is set. Each computes the same convolution as ``Numerics.conv``.
-For TPUs, ``conv_with_matmul_kernel_grad`` (``numerics.matmul_kernel_grads``): XLA's
-convolution whose kernel gradient is computed by matrix products (docs/tpu.md).
+``conv_with_matmul_kernel_grad`` (``numerics.matmul_kernel_grads``, asked for): XLA's
+convolution whose kernel gradient is a matrix product, which XLA:TPU compiles faster
+(docs/tpu.md).
 
 Chosen by shape: 1x1 kernels as matrix products, kernels over 3x3 on at most 4 input channels
 (the generator's 7x7 ones) over 2 x 2 pixel blocks, 3x3 ones over 17-32 channels in 16-channel
@@ -140,7 +141,8 @@ def conv_with_matmul_kernel_grad(
     """``numerics.conv`` whose kernel gradient is one matrix product of the input's patches
     (the windows under each kernel tap, side by side) and the output's cotangent: XLA:TPU
     compiles that product several times faster than the kernel-gradient convolution it
-    derives (docs/tpu.md). The input's gradient is the convolution's own."""
+    derives, for more memory traffic (docs/tpu.md). The input's gradient is the
+    convolution's own."""
     return numerics.conv(x, kernel, stride, padding)
 
 

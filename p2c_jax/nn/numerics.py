@@ -8,8 +8,9 @@ multiplies, set when a net is built (``models.build``), as flax sets ``nnx.Conv`
 - ``conv_forms``: convolutions in the forms measured fastest on XLA:CPU
   (``nn.conv_forms``); XLA's plain convolution otherwise.
 - ``matmul_kernel_grads``: each convolution's kernel gradient as a matrix product of input
-  patches and the output's cotangent (``nn.conv_forms.conv_with_matmul_kernel_grad``), for
-  TPUs, whose compiler takes several times longer over a kernel-gradient convolution.
+  patches and the output's cotangent (``nn.conv_forms.conv_with_matmul_kernel_grad``): XLA:TPU
+  compiles it about 2x faster than its kernel-gradient convolution, for more memory traffic
+  (docs/tpu.md); ``--matmul_kernel_grads`` asks for it.
 
 ``Numerics`` is a frozen, hashable value: it is part of a net's graph definition, so nets of
 different numerics are different programs, and nothing is read from global state at trace time.
@@ -46,13 +47,16 @@ class Numerics:
 
     @classmethod
     def for_devices(
-        cls, devices: Sequence[jax.Device], precision: str = "float32", plan: str = "auto"
+        cls,
+        devices: Sequence[jax.Device],
+        precision: str = "float32",
+        plan: str = "auto",
+        matmul_kernel_grads: bool = False,
     ) -> Numerics:
-        """The numerics of nets that run on ``devices`` (``parallel.uses_cpu_forms``; kernel
-        gradients as matrix products on TPUs)."""
+        """The numerics of nets that run on ``devices`` (``parallel.uses_cpu_forms``), with
+        ``matmul_kernel_grads`` where they take XLA's convolutions (the CPU forms have theirs)."""
         cpu = uses_cpu_forms(devices, plan)
-        tpu = not cpu and all(d.platform == "tpu" for d in devices)
-        return cls(precision, conv_forms=cpu, matmul_kernel_grads=tpu)
+        return cls(precision, conv_forms=cpu, matmul_kernel_grads=matmul_kernel_grads and not cpu)
 
     def _operands(self, *xs: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
         """(keyword arguments of the product, its operands) in this precision."""

@@ -67,7 +67,8 @@ def compile_step(cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = Non
     specs = checked_specs(cfg, mesh, specs)
     face = _face(cfg)
     devices = list(mesh.devices.flat)
-    model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
+    numerics = Numerics.for_devices(devices, cfg.precision, cfg.plan, cfg.matmul_kernel_grads)
+    model = TrainModel(specs, face, numerics)
     step = make_step(TrainStep(model, cfg.hparams, remat=cfg.remat), mesh, cfg.plan)
     if not isinstance(step, Fused):
         raise TrainError(f"--plan {cfg.plan}: a staged step is no one program to compile")

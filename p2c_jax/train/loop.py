@@ -308,7 +308,8 @@ def setup(cfg: Config, *, mesh: Mesh | None = None, log: Callable | None = None)
     except ValueError as e:
         raise TrainError(f"--workdir {e}") from None
     devices = list(mesh.devices.flat)
-    model = TrainModel(specs, face, Numerics.for_devices(devices, cfg.precision, cfg.plan))
+    numerics = Numerics.for_devices(devices, cfg.precision, cfg.plan, cfg.matmul_kernel_grads)
+    model = TrainModel(specs, face, numerics)
     built = " (the offline demo, built on first use)" if cfg.dataset == "demo" else ""
     log(f"dataset: {_shown(dataset_dir)}{built}")
     shards = grain_input.find_shards(dataset_dir)

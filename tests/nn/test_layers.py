@@ -117,17 +117,18 @@ def test_conv2d_forms_and_their_gradients(
 
 
 def test_numerics_follow_the_devices():
-    """XLA:CPU's forms for CPU devices, the matrix-product kernel gradients for TPU devices
-    (never the host's backend), XLA's plain convolutions for GPUs; ``plan`` forces the
-    CPU forms on or off."""
+    """XLA:CPU's forms for CPU devices (never the host's backend), XLA's plain convolutions for
+    TPUs and GPUs, whose kernel gradients become matrix products where asked; ``plan`` forces
+    the CPU forms on or off."""
 
-    def on(platform: str, plan: str = "auto") -> Numerics:
-        return Numerics.for_devices([SimpleNamespace(platform=platform)] * 2, plan=plan)
+    def on(platform: str, plan: str = "auto", matmul: bool = False) -> Numerics:
+        return Numerics.for_devices(
+            [SimpleNamespace(platform=platform)] * 2, "float32", plan, matmul
+        )
 
-    assert on("cpu") == Numerics(conv_forms=True)
-    assert on("tpu") == Numerics(matmul_kernel_grads=True)
-    assert on("cuda") == Numerics()
-    assert on("cpu", "accelerator") == Numerics()
+    assert on("cpu") == on("cpu", matmul=True) == Numerics(conv_forms=True)
+    assert on("tpu") == on("cuda") == on("cpu", "accelerator") == Numerics()
+    assert on("tpu", matmul=True) == Numerics(matmul_kernel_grads=True)
     assert on("tpu", "cpu") == Numerics(conv_forms=True)
 
 
