@@ -88,22 +88,29 @@ def _space_to_depth(numerics: Numerics, x: jax.Array, kernel: jax.Array) -> jax.
     return y[:, :h, :w]
 
 
+def _windows(x: jax.Array, kh: int, kw: int, stride: int) -> list[jax.Array]:
+    """The strided windows of padded ``x`` under each tap (i, j) of a ``kh`` x ``kw`` kernel,
+    row by row: each the size of the convolution's output."""
+    n, c = x.shape[0], x.shape[3]
+    h, w = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    return [
+        jax.lax.slice(
+            x,
+            (0, i, j, 0),
+            (n, i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 def _depthwise(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """A depthwise convolution of padded ``x`` as a sum of strided input windows times kernel
     taps: plain multiply-adds that XLA fuses, where XLA:CPU's grouped convolution is slow."""
-    k = kernel.shape[0]
-    h, w = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
-    out = 0
-    for i in range(k):
-        for j in range(k):
-            window = jax.lax.slice(
-                x,
-                (0, i, j, 0),
-                (x.shape[0], i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, x.shape[3]),
-                (1, stride, stride, 1),
-            )
-            out = out + window * kernel[i, j, 0]
-    return out
+    kh, kw = kernel.shape[:2]
+    taps = kernel[:, :, 0].reshape(kh * kw, -1)
+    return sum(window * tap for window, tap in zip(_windows(x, kh, kw, stride), taps))
 
 
 def _sliced(numerics: Numerics, padding: int, x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -154,21 +161,10 @@ def _matmul_kernel_grad_bwd(numerics, stride, padding, residuals, ct):
     x, kernel = residuals
     _, pullback = jax.vjp(lambda x: numerics.conv(x, kernel, stride, padding), x)
     (ct_x,) = pullback(ct)
-    xp, c_in = _pad(x, padding), x.shape[3]
-    n, h, w, c_out = ct.shape
-    ct_rows = ct.reshape(-1, c_out)
-    kh, kw = kernel.shape[:2]
-    windows = [
-        jax.lax.slice(
-            xp,
-            (0, i, j, 0),
-            (n, i + (h - 1) * stride + 1, j + (w - 1) * stride + 1, c_in),
-            (1, stride, stride, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    kh, kw, c_in = kernel.shape[:3]
+    windows = _windows(_pad(x, padding), kh, kw, stride)
     patches = jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * c_in)
+    ct_rows = ct.reshape(-1, ct.shape[-1])
     ct_kernel = numerics.matmul(patches.T, ct_rows).reshape(kernel.shape)
     return ct_x, ct_kernel.astype(kernel.dtype)
 
