@@ -26,15 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2c_jax import topology as topo  # noqa: E402 - the checkout's package, as accelerator.py
+
 TOPOLOGIES = ("v4-8", "v5e-16", "v5e-256", "v5p-128", "v6e-16")
 GIB, MB = 2**30, 1e6
-
-
-def _chips(topology: str) -> int:
-    sys.path.insert(0, str(ROOT))
-    from p2c_jax import topology as topo
-
-    return topo.parse(topology).chips
 
 
 def compile_row(
@@ -53,7 +50,7 @@ def compile_row(
             f"--light={light}",
             f"--ch={args.ch}",
             f"--img_size={args.img_size}",
-            f"--batch_size={args.batch_per_chip * _chips(topology)}",
+            f"--batch_size={args.batch_per_chip * topo.parse(topology).chips}",
             f"--precision={precision}",
             "--workdir",
             workdir,
