@@ -31,6 +31,16 @@ jax.config.update(
 pytest_plugins = ["helpers.gcs"]  # the fake GCS server fixtures
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The TPU compiles (``-m tpu``) share one worker, one after another: each takes several GB
+    of host memory (the training step's 8 GB), and two at once beside the other worker's
+    tests ran this 24 GB host out of memory."""
+    for item in items:
+        if item.get_closest_marker("tpu") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("tpu"))
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA

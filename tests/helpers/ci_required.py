@@ -47,16 +47,15 @@ def needs(*modules: str, reason: str) -> pytest.MarkDecorator:
 
 
 def needs_libtpu() -> pytest.MarkDecorator:
-    """The skip of the ``tpu`` tests where libtpu (the TPU extra) is missing. CI leaves them out
-    (``-m "not tpu"``: one TPU compile takes about 10 minutes on its 2 cores, docs/tpu.md) and
-    does not install the extra, so unlike ``needs`` this never fails a collection there."""
-    absent = importlib.util.find_spec("libtpu") is None
-    return pytest.mark.skipif(absent, reason='libtpu missing: pip install "jax[tpu]==<your jax>"')
+    """The skip of the ``tpu`` tests where libtpu (the ``tpu`` extra) is missing; under
+    ``CI=true``, which installs it, its absence fails the collection (``needs``)."""
+    return needs("libtpu", reason='the TPU compiler: pip install "jax[tpu]==<your jax>"')
 
 
 def needs_cuda_plugin() -> pytest.MarkDecorator:
     """The skip of the ``cuda`` tests where jax's CUDA plugin is missing (compiling for a GPU
-    needs no GPU and no CUDA library); like ``needs_libtpu``, CI leaves them out."""
+    needs no GPU and no CUDA library). CI leaves them out (``-m "not cuda"``) and does not
+    install the plugin, so unlike ``needs`` this never fails a collection there."""
     absent = importlib.util.find_spec("jax_cuda12_plugin") is None
     return pytest.mark.skipif(
         absent, reason='jax-cuda12-plugin missing: pip install "jax-cuda12-plugin==<your jax>"'
