@@ -1,8 +1,8 @@
 """A test tool that is missing: skipped locally, a failure in CI.
 
 CI (environment ``CI=true``) installs every tool the tests use (``pip install -e
-".[test,preprocess,grain,beam]"``, Chromium and chromedriver), so a tool missing there is a broken
-environment to report, never a reason to skip.
+".[test,preprocess,grain,beam,tpu]"``, Chromium and chromedriver), so a tool missing there is a
+broken environment to report, never a reason to skip.
 """
 
 from __future__ import annotations
