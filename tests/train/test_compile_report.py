@@ -6,9 +6,8 @@ traffic but the reductions of gradients and metrics, whose bytes are checked aga
 PyTorch port's trained parameters.
 
 The kernel gradients as matmuls, since none of these checks depends on how a convolution's
-kernel gradient is computed, and they cut the compile from 488 s and 9.8 GB of host memory to
-300 s and 8.3 GB (2 idle cores; the same 5 all-reduces of the same bytes and the same
-arguments, outputs and donation; docs/tpu.md), hence the slow tier.
+kernel gradient is computed and they compile in less time and host memory (docs/tpu.md has
+both compiles' figures); minutes still, hence the slow tier.
 """
 
 from __future__ import annotations
