@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -69,24 +70,47 @@ def costs(
     }
 
 
-def largest_fitting(fits: Callable[[int], bool], start: int, limit: int = SEARCH_LIMIT) -> int:
-    """The largest batch in 1..``limit`` for which ``fits`` holds, 0 if none: doubling from
-    ``start`` until a batch does not fit (or ``limit`` does), then bisecting between the
-    largest that fits and the smallest that does not. It assumes that memory grows with the
-    batch (a batch that does not fit has no larger one that fits), so it tries about
-    2 log2(answer / start) batches, not every one."""
-    low, high, batch = 0, None, min(max(start, 1), limit)
-    while high is None:
-        if not fits(batch):
-            high = batch
-        elif batch == limit:
-            return limit
-        else:
-            low, batch = batch, min(2 * batch, limit)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+def largest_fitting(
+    total: Callable[[int], int], usable: int, start: int, limit: int = SEARCH_LIMIT
+) -> int:
+    """The largest batch in 1..``limit`` whose ``total(batch)`` bytes are at most ``usable``, 0
+    if none, assuming memory grows with the batch. It grows about as a line (fixed costs plus
+    so much per image), so after ``start`` and its double (or half) each batch tried is where
+    the line through two tried batches (those bracketing the answer, else the two nearest it)
+    reaches ``usable``, kept strictly between the largest batch known to fit and the smallest
+    known not to: a linear memory takes four compiles, the last confirming that one image more
+    does not fit. Where the line says nothing (flat memory), or the last line's batch did not
+    halve the bracket, the next batch doubles the largest that fits or bisects the bracket."""
+    seen: dict[int, int] = {}
+    low, high = 0, limit + 1  # the largest batch known to fit, the smallest known not to
+    batch, interpolated = min(max(start, 1), limit), False
+    while True:
+        seen[batch] = total(batch)
+        width = high - low
+        low, high = (batch, high) if seen[batch] <= usable else (low, batch)
+        if high - low <= 1:
+            return low
+        slow = interpolated and high <= limit and 2 * (high - low) > width
+        batch = None if slow else _line_batch(seen, usable, low, high)
+        interpolated = batch is not None
+        if batch is None:
+            batch = (low + high) // 2 if high <= limit else 2 * low
+        batch = min(max(batch, low + 1), high - 1)
+
+
+def _line_batch(seen: dict[int, int], usable: int, low: int, high: int) -> int | None:
+    """Where the line through two tried batches reaches ``usable`` (``largest_fitting``): the
+    bracketing pair, else the two largest (all fit) or smallest (none fits); None for one
+    batch or a flat line."""
+    if len(seen) < 2:
+        return None
+    tried = sorted(seen)
+    if low in seen and high in seen:
+        b1, b2 = low, high
+    else:
+        b1, b2 = tried[-2:] if low == tried[-1] else tried[:2]
+    slope = (seen[b2] - seen[b1]) / (b2 - b1)
+    return b1 + math.floor((usable - seen[b1]) / slope) if slope > 0 else None
 
 
 def search_max_batch(
@@ -98,19 +122,18 @@ def search_max_batch(
     and its compile seconds, each also handed to ``on_try`` as it comes."""
     tried: dict[int, dict] = {}
 
-    def fits(batch: int) -> bool:
-        if batch not in tried:
-            r = first if batch == first["batch_per_chip"] else compile_at(batch)
-            tried[batch] = {
-                "batch_per_chip": batch,
-                "total_bytes": r["memory_bytes"]["total"],
-                "fits": r["fits"],
-                "compile_seconds": r["compile_seconds"],
-            }
-            on_try(tried[batch])
-        return tried[batch]["fits"]
+    def total(batch: int) -> int:
+        r = first if batch == first["batch_per_chip"] else compile_at(batch)
+        tried[batch] = {
+            "batch_per_chip": batch,
+            "total_bytes": r["memory_bytes"]["total"],
+            "fits": r["fits"],
+            "compile_seconds": r["compile_seconds"],
+        }
+        on_try(tried[batch])
+        return tried[batch]["total_bytes"]
 
-    best = largest_fitting(fits, first["batch_per_chip"])
+    best = largest_fitting(total, first["usable_bytes"], first["batch_per_chip"])
     return {**first, "max_batch_per_chip": best, "max_batch_search": list(tried.values())}
 
 

@@ -1,70 +1,104 @@
 """The search for the largest per-chip batch that fits, on fake compiles whose memory is known:
-doubling then bisection, its bounds, each compile reported once."""
+four compiles for a linear memory, the right answer for any memory that grows with the batch,
+its bounds, each compile reported once."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from p2c_jax import aot_report
 
+USABLE = 16 * 2**30  # a v5e's HBM
+
 
 class FakeCompiles:
-    """A program that fits up to ``largest`` images per chip; records the batches compiled."""
+    """A program whose memory at a per-chip batch is ``memory(batch)``; records the batches
+    compiled."""
 
-    def __init__(self, largest: int):
-        self.largest, self.tried = largest, []
+    def __init__(self, memory):
+        self.memory, self.tried = memory, []
 
-    def fits(self, batch: int) -> bool:
+    def total(self, batch: int) -> int:
         self.tried.append(batch)
-        return batch <= self.largest
+        return self.memory(batch)
 
     def report(self, batch: int) -> dict:
+        total = self.total(batch)
         return {
             "batch_per_chip": batch,
-            "memory_bytes": {"total": 1000 * batch},
-            "fits": self.fits(batch),
+            "memory_bytes": {"total": total},
+            "usable_bytes": USABLE,
+            "fits": total <= USABLE,
             "compile_seconds": 0.5,
             "max_batch_per_chip": None,
         }
 
 
-@pytest.mark.parametrize("largest", [1, 2, 5, 8, 37, 100, 1023])
+def linear(fixed: float, per_image: float):
+    return lambda batch: int(fixed + per_image * batch)
+
+
+def brute_force(memory, limit: int = aot_report.SEARCH_LIMIT) -> int:
+    return max((b for b in range(1, limit + 1) if memory(b) <= USABLE), default=0)
+
+
+@pytest.mark.parametrize("fixed", [0.3e9, 3e9, 12e9])
+@pytest.mark.parametrize("per_image", [5e6, 2.9e8, 1.1e9])
 @pytest.mark.parametrize("start", [1, 3, 8])
-def test_finds_the_largest_batch_that_fits(largest, start):
-    fake = FakeCompiles(largest)
-    assert aot_report.largest_fitting(fake.fits, start) == largest
+def test_a_linear_memory_takes_four_compiles(fixed, per_image, start):
+    memory = linear(fixed, per_image)
+    fake = FakeCompiles(memory)
+    want = min(brute_force(memory), aot_report.SEARCH_LIMIT)
+    assert aot_report.largest_fitting(fake.total, USABLE, start) == want
     assert len(fake.tried) == len(set(fake.tried))  # no batch compiled twice
-    assert fake.tried[: 1 + (largest >= start)] == [start, 2 * start][: 1 + (largest >= start)]
+    assert len(fake.tried) <= 4
+    if 2 * start <= want:
+        assert fake.tried[:2] == [start, 2 * start]
 
 
-def test_doubles_then_bisects():
-    fake = FakeCompiles(37)
-    assert aot_report.largest_fitting(fake.fits, 4) == 37
-    # 4 8 16 32 fit, 64 does not; then between 32 and 64
-    assert fake.tried == [4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+def test_any_growing_memory_gets_the_right_answer_in_few_compiles():
+    """Steps (tiles), curves and jumps, drawn at random and sorted: the answer of trying
+    every batch, in at most 2 log2(limit) + 2 compiles."""
+    rng = np.random.default_rng(0)
+    bound = 2 * math.log2(aot_report.SEARCH_LIMIT) + 2
+    for trial in range(300):
+        grows = np.sort(rng.exponential(1.0, aot_report.SEARCH_LIMIT + 2)).cumsum()
+        curve = grows / grows[rng.integers(1, aot_report.SEARCH_LIMIT + 2)] * USABLE
+        kind = trial % 3  # as drawn, in tiles of 8, or squared
+        memory = [
+            lambda b, c=curve: int(c[b]),
+            lambda b, c=curve: int(c[8 * math.ceil(b / 8) if b < 1024 else b]),
+            lambda b, c=curve: int(c[b] ** 2 / USABLE),
+        ][kind]
+        fake = FakeCompiles(memory)
+        start = int(rng.integers(1, 9))
+        assert aot_report.largest_fitting(fake.total, USABLE, start) == brute_force(memory)
+        assert len(fake.tried) == len(set(fake.tried)) and len(fake.tried) <= bound, fake.tried
 
 
 def test_none_fits_and_the_limit_bounds_the_search():
-    fake = FakeCompiles(0)
-    assert aot_report.largest_fitting(fake.fits, 8) == 0
-    assert fake.tried == [8, 4, 2, 1]
-    fake = FakeCompiles(10**6)
-    assert aot_report.largest_fitting(fake.fits, 3, limit=100) == 100
-    assert fake.tried == [3, 6, 12, 24, 48, 96, 100]
+    fake = FakeCompiles(linear(20e9, 1e9))
+    assert aot_report.largest_fitting(fake.total, USABLE, 8) == 0
+    assert fake.tried[0] == 8 and fake.tried[-1] == 1 and len(fake.tried) <= 4
+    fake = FakeCompiles(linear(1e6, 1e3))
+    assert aot_report.largest_fitting(fake.total, USABLE, 3, limit=100) == 100
+    assert fake.tried == [3, 6, 100]
 
 
 def test_search_reports_each_compile_once_and_reuses_the_first():
-    fake = FakeCompiles(5)
+    fake = FakeCompiles(linear(2e9, 2.5e9))  # 6 images fit in 16 GiB, 7 do not
     first = fake.report(2)
     said = []
     r = aot_report.search_max_batch(fake.report, first, said.append)
-    assert r["max_batch_per_chip"] == 5 and r["batch_per_chip"] == 2
-    assert fake.tried == [2, 4, 8, 6, 5]  # 2: the first report's compile, not compiled again
+    assert r["max_batch_per_chip"] == 6 and r["batch_per_chip"] == 2
+    assert fake.tried == [2, 4, 6, 7]  # 2: the first report's compile, not compiled again
     assert said == r["max_batch_search"]
     assert [(t["batch_per_chip"], t["fits"], t["total_bytes"]) for t in said] == [
-        (2, True, 2000),
-        (4, True, 4000),
-        (8, False, 8000),
-        (6, False, 6000),
-        (5, True, 5000),
+        (2, True, 7e9),
+        (4, True, 12e9),
+        (6, True, 17e9),
+        (7, False, 19.5e9),
     ]

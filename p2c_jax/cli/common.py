@@ -95,7 +95,8 @@ def add_compile_only_flags(p: argparse.ArgumentParser, what: str) -> None:
         const=True,
         default=False,
         help="with --compile_only: also find the largest per-chip batch that fits, compiling "
-        "each batch tried (doubling from --batch_size's, then bisecting)",
+        "each batch tried (from --batch_size's and its double, then where memory's line "
+        "reaches the chip's)",
     )
 
 

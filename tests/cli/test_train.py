@@ -75,10 +75,10 @@ def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys,
     monkeypatch.setattr(aot_report, "costs", fake_costs)
     argv = ["--topology", "v5e-4", "--batch_size", "2", "--max_batch_search"]
     assert train.main(["--compile_only", "--workdir", str(tmp_path), *argv]) == 0
-    assert compiled_batches == [2, 4, 8, 6, 7]  # doubling from 2, then bisecting 4..8
+    assert compiled_batches == [2, 4, 6, 7]  # 2 and its double, the line's 6, then one more
     report = json.loads((tmp_path / "compile_report.json").read_text())
     assert report["max_batch_per_chip"] == largest
     assert [t["batch_per_chip"] for t in report["max_batch_search"]] == compiled_batches
     out = capsys.readouterr().out
-    assert "batch 8 per chip: 7.8 KiB per chip, does not fit (compiled in 1.5 s)" in out
+    assert "batch 7 per chip: 6.8 KiB per chip, does not fit (compiled in 1.5 s)" in out
     assert "6 per chip fits" in out
