@@ -60,10 +60,16 @@ class CompiledStep:
     compile_seconds: float
 
 
-def compile_step(cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = None) -> CompiledStep:
+def compile_step(
+    cfg: Config,
+    mesh: Mesh,
+    specs: dict[str, NetSpec] | None = None,
+    compiler_options: dict | None = None,
+) -> CompiledStep:
     """Lower and compile ``cfg``'s training step for ``mesh`` from shapes, as ``loop.setup``
     builds it (same checks, numerics, step and shardings); ``specs`` replaces the six nets
-    that ``cfg`` builds (smaller discriminators compile faster)."""
+    that ``cfg`` builds (smaller discriminators compile faster); ``compiler_options`` go to
+    ``Lowered.compile`` (XLA's options; ``exec_time_optimization_effort`` and the like)."""
     specs = checked_specs(cfg, mesh, specs)
     face = _face(cfg)
     devices = list(mesh.devices.flat)
@@ -80,7 +86,7 @@ def compile_step(cfg: Config, mesh: Mesh, specs: dict[str, NetSpec] | None = Non
     t0 = time.perf_counter()
     lowered = step.program.lower(*args)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options)
     return CompiledStep(step, args, compiled, t1 - t0, time.perf_counter() - t1)
 
 

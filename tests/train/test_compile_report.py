@@ -1,13 +1,15 @@
 """``p2c-train --compile_only``: the step p2c-train runs, compiled for a TPU slice on this CPU
 host. A small configuration (light, ch 4, 32 px, the test nets' shallower discriminators,
-v5e-4, ``--matmul_kernel_grads``) is compiled once and its program checked: the accelerator
-plan, one program that fits, the state donated, p2c-train's shardings, and no cross-chip
-traffic but the reductions of gradients and metrics, whose bytes are checked against the
-PyTorch port's trained parameters.
+v5e-4, bfloat16 products, ``--matmul_kernel_grads``) is compiled once and its program checked:
+the accelerator plan, one program that fits, the state donated, p2c-train's shardings, and no
+cross-chip traffic but the reductions of gradients and metrics, whose bytes are checked
+against the PyTorch port's trained parameters.
 
-The kernel gradients as matmuls, since none of these checks depends on how a convolution's
-kernel gradient is computed and they compile in less time and host memory (docs/tpu.md has
-both compiles' figures); minutes still, hence the slow tier.
+None of these checks depends on how a convolution's kernel gradient is computed, on the
+products' precision or on how hard XLA optimises the program's run time, so the test takes
+the cheapest compile of those choices: matmul kernel gradients, bfloat16 products, and
+``exec_time_optimization_effort`` -1 (docs/tpu.md has each one's figures); minutes still,
+hence the slow tier.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ FLAGS = {
     "batch_size": BATCH,
     "faceid_weight": 0.0,
     "matmul_kernel_grads": True,
+    "precision": "bfloat16",
 }
+CHEAPEST = {"exec_time_optimization_effort": -1.0}
 # the discriminators of ``small_specs``: 5 and 3 layers (the original's 7 and 5 need 96 px)
 DISCRIMINATOR_LAYERS = (5, 5, 3, 3)
 METRICS = 16  # the step's scalar metrics (losses and lr): at most this many float32 reductions
@@ -72,7 +76,7 @@ def compiled():
     cfg = Config.flat(**FLAGS)
     devices = topology.devices(SLICE)
     mesh = parallel.make_mesh(devices)
-    built = compile_report.compile_step(cfg, mesh, small_specs(CH, SIZE))
+    built = compile_report.compile_step(cfg, mesh, small_specs(CH, SIZE), CHEAPEST)
     return cfg, devices, mesh, built, compile_report.describe(cfg, SLICE, 1, devices, built)
 
 
