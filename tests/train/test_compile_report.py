@@ -1,15 +1,15 @@
 """``p2c-train --compile_only``: the step p2c-train runs, compiled for a TPU slice on this CPU
 host. A small configuration (light, ch 4, 32 px, the test nets' shallower discriminators,
-v5e-4, bfloat16 products, ``--matmul_kernel_grads``) is compiled once and its program checked:
+v5p-8, bfloat16 products, ``--matmul_kernel_grads``) is compiled once and its program checked:
 the accelerator plan, one program that fits, the state donated, p2c-train's shardings, and no
 cross-chip traffic but the reductions of gradients and metrics, whose bytes are checked
 against the PyTorch port's trained parameters.
 
-None of these checks depends on how a convolution's kernel gradient is computed, on the
-products' precision or on how hard XLA optimises the program's run time, so the test takes
-the cheapest compile of those choices: matmul kernel gradients, bfloat16 products, and
-``exec_time_optimization_effort`` -1 (docs/tpu.md has each one's figures); minutes still,
-hence the slow tier.
+None of these checks depends on the TPU generation, on how a convolution's kernel gradient is
+computed, on the products' precision or on how hard XLA optimises the program's run time, so
+the test takes the cheapest compile of those choices: v5p (4 chips, one host), matmul kernel
+gradients, bfloat16 products, and ``exec_time_optimization_effort`` -1 (docs/tpu.md has each
+one's figures); minutes still, hence the slow tier.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ pytestmark = [
     needs_libtpu(),
 ]
 
-SLICE, BATCH = "v5e-4", 4
+SLICE, BATCH = "v5p-8", 4  # 4 chips: v5p names count TensorCores, 2 a chip
 FLAGS = {
     "light": True,
     "ch": CH,
@@ -85,7 +85,7 @@ def test_a_tpu_slice_gets_the_accelerator_plan_on_a_cpu_host(compiled):
     assert jax.default_backend() == "cpu" and devices[0].platform == "tpu"
     assert isinstance(built.step, Fused)
     assert not parallel.uses_cpu_forms(devices)
-    assert (report["chips"], report["hosts"], report["chip"]) == (4, 1, "v5e")
+    assert (report["chips"], report["hosts"], report["chip"]) == (4, 1, "v5p")
     assert report["batch_per_chip"] == BATCH // 4 and report["programs"] == 1
 
 
