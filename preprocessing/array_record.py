@@ -33,11 +33,13 @@ def _example_proto():
 
 
 def encode_example(name: str, png: bytes) -> bytes:
-    """The serialized `tf.train.Example` of one image, as in the TFRecords."""
+    """The serialized `tf.train.Example` of one image, as in the TFRecords; its feature map in
+    key order (protobuf writes a map in an order that changes from process to process
+    otherwise), so that one image always gives the same bytes."""
     ex = _example_proto().Example()
     ex.features.feature["image"].bytes_list.value.append(png)
     ex.features.feature["name"].bytes_list.value.append(name.encode())
-    return ex.SerializeToString()
+    return ex.SerializeToString(deterministic=True)
 
 
 def decode_example(record: bytes) -> tuple[str, bytes]:
