@@ -33,13 +33,11 @@ def _example_proto():
 
 
 def encode_example(name: str, png: bytes) -> bytes:
-    """The serialized `tf.train.Example` of one image, as in the TFRecords; its feature map in
-    key order (protobuf writes a map in an order that changes from process to process
-    otherwise), so that one image always gives the same bytes."""
+    """The serialized `tf.train.Example` of one image, as in the TFRecords."""
     ex = _example_proto().Example()
     ex.features.feature["image"].bytes_list.value.append(png)
     ex.features.feature["name"].bytes_list.value.append(name.encode())
-    return ex.SerializeToString(deterministic=True)
+    return ex.SerializeToString()
 
 
 def decode_example(record: bytes) -> tuple[str, bytes]:
