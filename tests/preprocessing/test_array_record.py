@@ -50,4 +50,3 @@ def test_more_shards_than_images_names_the_split(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "testB" / "x.png")
     with pytest.raises(ValueError, match="num_shards 2: testB has 1 images"):
         array_record.write_dataset(tmp_path, tmp_path / "ar", ["testB"], num_shards=2)
-
