@@ -116,11 +116,15 @@ def files(folder: Path, skip=("report.jsonl",)) -> dict[str, bytes]:
     }
 
 
-def tfrecord_examples(folder: Path, split: str) -> list[bytes]:
+def tfrecord_examples(folder: Path, split: str) -> list[tuple[str, bytes]]:
+    """The split's examples as (name, PNG bytes), sorted: not their serialized bytes, whose
+    feature-map order protobuf chooses per process."""
     import tensorflow as tf
 
+    from preprocessing.array_record import decode_example
+
     found = tfrecords.split_files(tfrecords.find_dataset(folder), split).files
-    return sorted(r.numpy() for r in tf.data.TFRecordDataset(list(found)))
+    return sorted(decode_example(r.numpy()) for r in tf.data.TFRecordDataset(list(found)))
 
 
 def test_outputs_are_todays_bytes(serial, beam_tfrecords):
