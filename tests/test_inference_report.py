@@ -21,8 +21,9 @@ from p2c_jax.nn.models import NetSpec
 
 SPEC = NetSpec("generator", CH, img_size=SIZE, light=True)
 PER_CHIP = 2
-# the compiled programs' convolutions and matmuls hold torch's FLOPs within this: XLA rewrites
-# some convolutions (measured: XLA:GPU's 5.8 % fewer, XLA:TPU's 3.6 % more; docs/tpu.md)
+# the compiled programs' convolutions and matmuls hold torch's FLOPs within this: XLA folds the
+# upsampling into the next convolution (GPU: -5.8 %) and XLA:TPU computes thin convolutions on
+# wider tiles (TPU: +3.6 %; docs/tpu.md)
 FLOPS_TOLERANCE = 0.10
 
 
