@@ -91,12 +91,21 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(head + f"| {r['error']} | | | | | | | |")
             continue
-        reduced = sum(c["bytes"] for c in r["collectives"] if c["kind"] == "all-reduce")
         best = r.get("max_batch_per_chip")
+        best = best if best is not None else "not searched"
+        if "refused" in r:  # the compiler would not build it: no program to read
+            need = r["memory_bytes"]["total"]
+            lines.append(
+                head + f"| {r['compile_seconds']:.0f} s "
+                f"| {'?' if need is None else f'{need / GIB:.2f}'} | no (refused) | {best} "
+                f"| | | | {r['host_peak_rss_bytes'] / 1e9:.1f} GB |"
+            )
+            continue
+        reduced = sum(c["bytes"] for c in r["collectives"] if c["kind"] == "all-reduce")
         lines.append(
             head + f"| {r['compile_seconds']:.0f} s "
             f"| {r['memory_bytes']['total'] / GIB:.2f} | {'yes' if r['fits'] else 'no'} "
-            f"| {best if best is not None else 'not searched'} | {reduced / MB:.1f} "
+            f"| {best} | {reduced / MB:.1f} "
             f"| {r['roofline_seconds'] * 1e3:.1f} | {r['images_per_second']:.0f} "
             f"| {r['host_peak_rss_bytes'] / 1e9:.1f} GB |"
         )

@@ -1,7 +1,8 @@
 """What a compiled program costs per device, read from XLA ahead of time: its memory
 (``memory_analysis``), FLOPs and bytes accessed (``cost_analysis``), its collectives (parsed
 from the compiled HLO text, each counted as often as it runs per call), and a roofline lower
-bound on its time from the chip's peaks.
+bound on its time from the chip's peaks; and a compile that the compiler refuses for memory
+(XLA:TPU checks a program against its chip's HBM as it compiles) as a result, ``Refused``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import dataclasses
 import math
 import re
 
-from jax.stages import Compiled
+import jax
+from jax.stages import Compiled, Lowered
 
 #: the cross-device operations of XLA, as its HLO text names them
 COLLECTIVES = (
@@ -51,6 +53,10 @@ _CALLED = re.compile(
     r"\b(body|condition|to_apply|calls|branch_computations|called_computations)=\{?([^}]*?)\}?(?=,\s[a-z_]+=|$)"
 )
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+# XLA:TPU's refusals: "the total memory required for HLO temporaries (15.79G) exceeds available
+# HBM (15.75G)" and "Used 20.69G of 15.75G hbm"; sizes as XLA writes them (K, M, G: powers of 1024)
+_REQUIRED = re.compile(r"(?:required for HLO temporaries \(|Used )([\d.]+)([KMGT]?)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def _padded(dims: list[int], layout: str) -> list[int]:
@@ -367,3 +373,29 @@ def roofline_seconds(
     """A lower bound on the time of a program of ``flops`` and ``bytes_accessed`` on a chip
     of these peaks: the slower of its compute and its memory traffic at peak rate."""
     return max(flops / peak_flops, bytes_accessed / bytes_per_second)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """A program the compiler would not build because it does not fit the chip's memory: the
+    compiler's message, and the bytes per chip it said the program needs (None where it said
+    no figure)."""
+
+    message: str
+
+    @property
+    def required_bytes(self) -> int | None:
+        m = _REQUIRED.search(self.message)
+        return round(float(m[1]) * _UNITS[m[2]]) if m else None
+
+
+def compile_program(lowered: Lowered, compiler_options: dict | None = None) -> Compiled | Refused:
+    """``lowered`` compiled, or ``Refused`` where the compiler ran out of the chip's memory
+    (XLA:TPU's RESOURCE_EXHAUSTED at compile time); any other error is raised."""
+    try:
+        return lowered.compile(compiler_options)
+    except jax.errors.JaxRuntimeError as e:
+        message = str(e)
+        if message.startswith("RESOURCE_EXHAUSTED") and "Ran out of memory" in message:
+            return Refused(message.splitlines()[0])
+        raise

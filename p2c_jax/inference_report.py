@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from p2c_jax import aot_report, topology
+from p2c_jax import aot, aot_report, topology
 from p2c_jax.inference import batch_per_device, default_batch_size, lower_generator
 from p2c_jax.nn.models import NetSpec
 
@@ -27,13 +27,13 @@ def host_devices(devices: Sequence[jax.Device]) -> list[jax.Device]:
 
 def compile_generator(
     spec: NetSpec, precision: str, devices: Sequence[jax.Device], batch_per_chip: int
-) -> tuple[jax.stages.Compiled, float, float]:
-    """``p2c-infer``'s forward pass on ``devices`` at ``batch_per_chip`` images each, compiled:
-    the program, its lowering and compile seconds."""
+) -> tuple[jax.stages.Compiled | aot.Refused, float, float]:
+    """``p2c-infer``'s forward pass on ``devices`` at ``batch_per_chip`` images each, compiled
+    (or refused for memory): the program, its lowering and compile seconds."""
     t0 = time.perf_counter()
     lowered = lower_generator(spec, precision, devices, batch_per_chip * len(devices))
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    compiled = aot.compile_program(lowered)
     return compiled, t1 - t0, time.perf_counter() - t1
 
 

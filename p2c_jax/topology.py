@@ -29,7 +29,8 @@ CUDA_EXTRA = f'pip install "jax-cuda12-plugin=={jax.__version__}"'
 class Chip:
     """One chip's published figures (docs/tpu.md has the sources). ``fp32_flops`` is the rate
     of float32 products at ``Precision.HIGHEST`` (ours); ``usable_bytes`` the HBM a program
-    gets: all of a TPU's, the 75 % of a GPU's that jax's allocator takes by default
+    gets: on a TPU what libtpu's compiler says is available (it refuses a program that needs
+    more), on a GPU the 75 % that jax's allocator takes by default
     (``XLA_PYTHON_CLIENT_MEM_FRACTION``)."""
 
     name: str
@@ -37,34 +38,39 @@ class Chip:
     bf16_flops: float
     hbm_bytes_per_second: float
     fp32_flops: float
-    usable_fraction: float = 1.0
-
-    @property
-    def usable_bytes(self) -> int:
-        return int(self.hbm_bytes * self.usable_fraction)
+    usable_bytes: int
 
     def peak_flops(self, precision: str) -> float:
         """Peak FLOP/s of the products of ``precision`` (``float32`` or ``bfloat16``)."""
         return self.bf16_flops if precision == "bfloat16" else self.fp32_flops
 
 
-def _tpu(name: str, hbm_bytes: int, bf16_flops: float, hbm_bytes_per_second: float) -> Chip:
+def _tpu(
+    name: str, hbm_bytes: int, available: float, bf16_flops: float, hbm_bytes_per_second: float
+) -> Chip:
     """A TPU chip: XLA runs a float32 product at ``Precision.HIGHEST`` as 6 bf16 passes on the
     MXU, so its float32 rate is the bf16 peak / 6 (derived, not published)."""
-    return Chip(name, hbm_bytes, bf16_flops, hbm_bytes_per_second, bf16_flops / 6)
+    return Chip(name, hbm_bytes, bf16_flops, hbm_bytes_per_second, bf16_flops / 6, round(available))
+
+
+def _gpu(name: str, hbm_bytes: int, bf16_flops: float, hbm_bytes_per_second: float) -> Chip:
+    """A GPU: float32 products at HIGHEST run on its CUDA cores (67 TFLOP/s on H100 and H200,
+    no TF32); jax's allocator takes 75 % of its memory."""
+    return Chip(name, hbm_bytes, bf16_flops, hbm_bytes_per_second, 67e12, hbm_bytes * 3 // 4)
 
 
 GiB = 1 << 30
 MiB = 1 << 20
-# device_kind (as libtpu and the CUDA plugin name it) -> figures per chip; a GPU's float32
-# products at HIGHEST run on its CUDA cores (no TF32), its HBM as nvidia-smi reports it
+# device_kind (as libtpu and the CUDA plugin name it) -> figures per chip; a TPU's available
+# HBM as libtpu 0.10.2's compiler states it when it refuses a program, a GPU's HBM as
+# nvidia-smi reports it
 CHIPS = {
-    "TPU v4": _tpu("v4", 32 * GiB, 275e12, 1200e9),
-    "TPU v5 lite": _tpu("v5e", 16 * GiB, 197e12, 819e9),
-    "TPU v5": _tpu("v5p", 95 * GiB, 459e12, 2765e9),
-    "TPU v6 lite": _tpu("v6e", 32 * GiB, 918e12, 1600e9),
-    "NVIDIA H100 80GB HBM3": Chip("h100", 81559 * MiB, 989e12, 3350e9, 67e12, 0.75),
-    "NVIDIA H200": Chip("h200", 143771 * MiB, 989e12, 4800e9, 67e12, 0.75),
+    "TPU v4": _tpu("v4", 32 * GiB, 30.75 * GiB, 275e12, 1200e9),
+    "TPU v5 lite": _tpu("v5e", 16 * GiB, 15.75 * GiB, 197e12, 819e9),
+    "TPU v5": _tpu("v5p", 95 * GiB, 95.74 * GiB, 459e12, 2765e9),
+    "TPU v6 lite": _tpu("v6e", 32 * GiB, 31.25 * GiB, 918e12, 1600e9),
+    "NVIDIA H100 80GB HBM3": _gpu("h100", 81559 * MiB, 989e12, 3350e9),
+    "NVIDIA H200": _gpu("h200", 143771 * MiB, 989e12, 4800e9),
 }
 
 

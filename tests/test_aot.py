@@ -3,6 +3,8 @@ iteration, checked against programs whose counts are known by construction."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -82,6 +84,37 @@ def test_counts_agree_with_xla_where_there_is_no_loop(mesh):
     assert program.bytes_accessed() == pytest.approx(xla["bytes accessed"], rel=0.15)
     assert program.per_call(xla) == {k: xla[k] for k in ("flops", "bytes accessed")}
     assert aot.memory(compiled).aliased == K * N * 4
+
+
+# the HBM libtpu's compiler says a chip has when it refuses a program: "exceeds available HBM
+# (15.75G)", in GiB to 2 decimals
+_AVAILABLE = re.compile(r"available HBM \(([\d.]+)G\)")
+
+
+@pytest.mark.tpu
+@needs_libtpu()
+@pytest.mark.parametrize("name", ["v4-8", "v5e-4", "v5p-8", "v6e-4"])
+def test_a_program_over_the_chips_memory_is_refused_not_raised(name):
+    """libtpu refuses, as it compiles, a program that needs more than a chip's HBM: that is a
+    result (``aot.Refused``, with the bytes it said it needs), not an error; the HBM it says is
+    available is ``Chip.usable_bytes``, the figure the reports compare with."""
+    mesh = make_mesh(topology.devices(name))
+    chip = topology.chip(list(mesh.devices.flat))
+    dat = NamedSharding(mesh, P("data"))
+    chips = mesh.devices.size
+
+    def doubled(per_chip_bytes: int):
+        x = jax.ShapeDtypeStruct((chips * (per_chip_bytes // 4),), jnp.float32, sharding=dat)
+        return aot.compile_program(jax.jit(lambda x: 2 * x).lower(x))
+
+    per_chip = chip.usable_bytes * 3 // 4  # in and out: 1.5x the chip's memory
+    refused = doubled(per_chip)
+    assert isinstance(refused, aot.Refused), refused
+    assert refused.required_bytes == pytest.approx(2 * per_chip, rel=1e-3)
+    stated = float(_AVAILABLE.search(refused.message)[1]) * 2**30
+    assert chip.usable_bytes == pytest.approx(stated, abs=0.006 * 2**30), refused.message
+    fitting = doubled(chip.usable_bytes // 4)
+    assert aot.memory(fitting).total <= chip.usable_bytes
 
 
 # XLA:GPU's form of convolutions and matmuls: calls of cuDNN and cuBLAS, whose dim_labels are

@@ -5,11 +5,12 @@ its bounds, each compile reported once."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from p2c_jax import aot_report
+from p2c_jax import aot, aot_report
 
 USABLE = 16 * 2**30  # a v5e's HBM
 
@@ -21,12 +22,13 @@ class FakeCompiles:
     def __init__(self, memory):
         self.memory, self.tried = memory, []
 
-    def total(self, batch: int) -> int:
+    def measure(self, batch: int) -> tuple[int, bool]:
         self.tried.append(batch)
-        return self.memory(batch)
+        total = self.memory(batch)
+        return total, total <= USABLE
 
     def report(self, batch: int) -> dict:
-        total = self.total(batch)
+        total, _ = self.measure(batch)
         return {
             "batch_per_chip": batch,
             "memory_bytes": {"total": total},
@@ -52,7 +54,7 @@ def test_a_linear_memory_takes_four_compiles(fixed, per_image, start):
     memory = linear(fixed, per_image)
     fake = FakeCompiles(memory)
     want = min(brute_force(memory), aot_report.SEARCH_LIMIT)
-    assert aot_report.largest_fitting(fake.total, USABLE, start) == want
+    assert aot_report.largest_fitting(fake.measure, USABLE, start) == want
     assert len(fake.tried) == len(set(fake.tried))  # no batch compiled twice
     assert len(fake.tried) <= 4
     if 2 * start <= want:
@@ -75,16 +77,16 @@ def test_any_growing_memory_gets_the_right_answer_in_few_compiles():
         ][kind]
         fake = FakeCompiles(memory)
         start = int(rng.integers(1, 9))
-        assert aot_report.largest_fitting(fake.total, USABLE, start) == brute_force(memory)
+        assert aot_report.largest_fitting(fake.measure, USABLE, start) == brute_force(memory)
         assert len(fake.tried) == len(set(fake.tried)) and len(fake.tried) <= bound, fake.tried
 
 
 def test_none_fits_and_the_limit_bounds_the_search():
     fake = FakeCompiles(linear(20e9, 1e9))
-    assert aot_report.largest_fitting(fake.total, USABLE, 8) == 0
+    assert aot_report.largest_fitting(fake.measure, USABLE, 8) == 0
     assert fake.tried[0] == 8 and fake.tried[-1] == 1 and len(fake.tried) <= 4
     fake = FakeCompiles(linear(1e6, 1e3))
-    assert aot_report.largest_fitting(fake.total, USABLE, 3, limit=100) == 100
+    assert aot_report.largest_fitting(fake.measure, USABLE, 3, limit=100) == 100
     assert fake.tried == [3, 6, 100]
 
 
@@ -102,3 +104,60 @@ def test_search_reports_each_compile_once_and_reuses_the_first():
         (6, True, 17e9),
         (7, False, 19.5e9),
     ]
+
+
+@pytest.mark.parametrize("said", [True, False])
+def test_refused_compiles_are_batches_that_do_not_fit(said):
+    """XLA:TPU refuses to compile a program over the chip's memory, saying what it needs or
+    not: the search takes such a batch as one that does not fit, and still finds the answer
+    of trying every batch."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        memory = linear(rng.uniform(0.1e9, 12e9), rng.uniform(1e6, 3e9))
+        tried = []
+
+        def measure(batch, memory=memory, tried=tried):
+            tried.append(batch)
+            fits = memory(batch) <= USABLE
+            return (memory(batch) if fits or said else None), fits
+
+        start = int(rng.integers(1, 9))
+        assert aot_report.largest_fitting(measure, USABLE, start) == brute_force(memory)
+        assert len(tried) == len(set(tried)) and len(tried) <= 2 * math.log2(1024) + 2, tried
+
+
+def test_a_refused_program_reports_what_the_compiler_said(capsys):
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (15.79G) exceeds available HBM (15.75G)."
+    )
+    v5e = [SimpleNamespace(device_kind="TPU v5 lite", process_index=i // 4) for i in range(16)]
+    r = aot_report.costs(aot.Refused(message), v5e, "float32", 3)
+    assert not r["fits"] and r["refused"] == message
+    assert r["memory_bytes"]["total"] == round(15.79 * 2**30)
+    assert r["memory_bytes"]["arguments"] is None and r["collectives"] is None
+    assert r["roofline_seconds"] is None and r["images_per_second"] is None
+    assert (r["chips"], r["hosts"], r["global_batch"], r["usable_bytes"]) == (
+        16,
+        4,
+        48,
+        round(15.75 * 2**30),
+    )
+    head = {"topology": "v5e-16", "num_slices": 1, "programs": 1}
+    text = aot_report.table({**r, **head, "compile_seconds": 9.0, "lower_seconds": 1.0}, "net")
+    assert (
+        "needs 15.8 GiB of 15.8 GiB (of 16.0 GiB HBM): does not fit, the compiler refused" in text
+    )
+    assert message in text and "roofline" not in text and "collectives" not in text
+    aot_report.print_try(
+        {
+            "batch_per_chip": 3,
+            "total_bytes": None,
+            "fits": False,
+            "refused": True,
+            "compile_seconds": 9,
+        }
+    )
+    assert capsys.readouterr().out == (
+        "batch 3 per chip: does not fit (the compiler refused it) (compiled in 9.0 s)\n"
+    )

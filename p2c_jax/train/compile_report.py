@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from p2c_jax import aot_report, topology
+from p2c_jax import aot, aot_report, topology
 from p2c_jax.nn.face_id import FaceID
 from p2c_jax.nn.models import NetSpec, abstract
 from p2c_jax.nn.numerics import Numerics
@@ -51,11 +51,11 @@ def _face(cfg: Config) -> FaceID | None:
 @dataclasses.dataclass
 class CompiledStep:
     """The fused step for a mesh: its program, the abstract arguments it was lowered with,
-    and the compiled result."""
+    and the compiled result (``aot.Refused`` where it does not fit the chip's memory)."""
 
     step: Fused
     args: tuple
-    compiled: jax.stages.Compiled
+    compiled: jax.stages.Compiled | aot.Refused
     lower_seconds: float
     compile_seconds: float
 
@@ -86,7 +86,7 @@ def compile_step(
     t0 = time.perf_counter()
     lowered = step.program.lower(*args)
     t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options)
+    compiled = aot.compile_program(lowered, compiler_options)
     return CompiledStep(step, args, compiled, t1 - t0, time.perf_counter() - t1)
 
 
