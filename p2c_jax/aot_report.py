@@ -18,9 +18,17 @@ from p2c_jax import aot, paths, topology
 REPORT = "compile_report.json"
 #: the largest per-chip batch the search tries
 SEARCH_LIMIT = 1024
-
-
-MEMORY_KEYS = ("arguments", "outputs", "temporaries", "aliased", "code", "total")
+_MEMORY_KEYS = ("arguments", "outputs", "temporaries", "aliased", "code", "total")
+# what only a compiled program tells: None in the report of a refused one
+_PROGRAM_KEYS = (
+    "collectives",
+    "unknown_loop_trip_counts",
+    "flops_per_step",
+    "bytes_accessed_per_step",
+    "xla_cost_analysis",
+    "roofline_seconds",
+    "images_per_second",
+)
 
 
 def costs(
@@ -50,7 +58,7 @@ def costs(
     if isinstance(compiled, aot.Refused):
         return {
             **layout,
-            "memory_bytes": {**dict.fromkeys(MEMORY_KEYS), "total": compiled.required_bytes},
+            "memory_bytes": {**dict.fromkeys(_MEMORY_KEYS), "total": compiled.required_bytes},
             "fits": False,
             "refused": compiled.message,
             "max_batch_per_chip": None,
@@ -77,18 +85,6 @@ def costs(
         "roofline_seconds": seconds,
         "images_per_second": images / num_slices / seconds,
     }
-
-
-# what only a compiled program tells: None in the report of a refused one
-_PROGRAM_KEYS = (
-    "collectives",
-    "unknown_loop_trip_counts",
-    "flops_per_step",
-    "bytes_accessed_per_step",
-    "xla_cost_analysis",
-    "roofline_seconds",
-    "images_per_second",
-)
 
 
 def largest_fitting(

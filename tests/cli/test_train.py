@@ -33,23 +33,38 @@ def test_batch_must_split_over_the_chips(batch, tmp_path, capsys):
 
 
 def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys, monkeypatch):
-    """``--max_batch_search`` on fake compiles of a step that fits up to 6 images per chip:
-    the step compiled for each batch the search tries (the first one the flags' batch), each
-    reported as a line, the largest in the report."""
+    """``--max_batch_search`` on fake compiles of a step that fits up to 6 images per chip,
+    refused by the compiler above that as XLA:TPU does: the step compiled for each batch the
+    search tries (the first one the flags' batch), each reported as a line, the largest in
+    the report."""
     import jax
 
-    from p2c_jax import aot_report
+    from p2c_jax import aot, aot_report
     from p2c_jax.train import compile_report
 
     largest, compiled_batches = 6, []
 
     def fake_compile_step(cfg, mesh, specs=None):
         compiled_batches.append(cfg.batch_size)
-        return compile_report.CompiledStep(None, (), None, 0.0, 1.5)
+        need = f"{cfg.batch_size * 1000 / 1024:.2f}K"
+        refused = aot.Refused(
+            f"RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used {need} of 5.86K hbm."
+        )
+        return compile_report.CompiledStep(
+            None, (), refused if cfg.batch_size > largest else None, 0.0, 1.5
+        )
 
     def fake_costs(compiled, devices, precision, batch_per_chip, num_slices=1):
         total = 1000 * batch_per_chip
         memory = dict.fromkeys(("arguments", "outputs", "temporaries", "aliased", "code"), 0)
+        if compiled is not None:  # refused: what the compiler said, as aot_report.costs
+            return {
+                "usable_bytes": largest * 1000,
+                "batch_per_chip": batch_per_chip,
+                "memory_bytes": {**memory, "total": compiled.required_bytes},
+                "fits": False,
+                "refused": compiled.message,
+            }
         return {
             "chips": 1,
             "hosts": 1,
@@ -80,5 +95,9 @@ def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys,
     assert report["max_batch_per_chip"] == largest
     assert [t["batch_per_chip"] for t in report["max_batch_search"]] == compiled_batches
     out = capsys.readouterr().out
-    assert "batch 7 per chip: 6.8 KiB per chip, does not fit (compiled in 1.5 s)" in out
+    refused = "batch 7 per chip: 6.8 KiB per chip, does not fit (the compiler refused it)"
+    assert f"{refused} (compiled in 1.5 s)" in out
+    assert (
+        report["max_batch_search"][-1]["refused"] and not report["max_batch_search"][-2]["refused"]
+    )
     assert "6 per chip fits" in out
