@@ -159,10 +159,11 @@ def search_max_batch(
 
 
 def size(n: float) -> str:
-    """``n`` bytes for a reader: ``512 B``, ``1.5 MiB``."""
+    """``n`` bytes for a reader: ``512 B``, ``1.50 MiB``; two decimals, so that a need just
+    over a chip's memory does not print as equal to it (``15.79 GiB of 15.75 GiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return str(n)
 

@@ -146,7 +146,8 @@ def test_a_refused_program_reports_what_the_compiler_said(capsys):
     head = {"topology": "v5e-16", "num_slices": 1, "programs": 1}
     text = aot_report.table({**r, **head, "compile_seconds": 9.0, "lower_seconds": 1.0}, "net")
     assert (
-        "needs 15.8 GiB of 15.8 GiB (of 16.0 GiB HBM): does not fit, the compiler refused" in text
+        "needs 15.79 GiB of 15.75 GiB (of 16.00 GiB HBM): does not fit, the compiler refused"
+        in text
     )
     assert message in text and "roofline" not in text and "collectives" not in text
     aot_report.print_try(

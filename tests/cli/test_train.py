@@ -95,7 +95,7 @@ def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys,
     assert report["max_batch_per_chip"] == largest
     assert [t["batch_per_chip"] for t in report["max_batch_search"]] == compiled_batches
     out = capsys.readouterr().out
-    refused = "batch 7 per chip: 6.8 KiB per chip, does not fit (the compiler refused it)"
+    refused = "batch 7 per chip: 6.84 KiB per chip, does not fit (the compiler refused it)"
     assert f"{refused} (compiled in 1.5 s)" in out
     assert (
         report["max_batch_search"][-1]["refused"] and not report["max_batch_search"][-2]["refused"]
