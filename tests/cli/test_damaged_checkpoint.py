@@ -13,9 +13,10 @@ from helpers.damage import damage
 from PIL import Image
 
 from p2c_jax import export as p2c_export
-from p2c_jax.cli import evaluate, export, infer
+from p2c_jax.cli import convert, evaluate, export, infer
 from p2c_jax.nn.models import NetSpec, build
 from p2c_jax.weights.checkpoint import CHECKPOINTS, load_nets, save_nets
+from p2c_jax.weights.convert import load_torch
 
 SPEC = NetSpec("generator", 4, img_size=64)
 SEEDS = {2: 0, 4: 1}  # step: the seed of its generator
@@ -78,18 +79,38 @@ def test_export_of_a_damaged_workdir_chooses_its_step_once(intact, tmp_path, cap
     assert [r.getMessage().endswith("; using step 2") for r in caplog.records] == [True]
 
 
-@pytest.mark.parametrize("command", ["infer", "export"])
+def test_convert_of_a_damaged_workdir_writes_its_newest_step_that_restores(
+    intact, tmp_path, caplog
+):
+    """p2c-convert of the workdir: step 2's weights in the .pt, the damaged step named once."""
+    work = _damaged(intact, tmp_path, "no_metadata")
+    dst = tmp_path / "g.pt"
+    with caplog.at_level("WARNING"):
+        assert convert.main(["--src", str(work), "--dst", str(dst)]) == 0
+    assert [r.getMessage().endswith("; using step 2") for r in caplog.records] == [True]
+    (_, state) = load_torch(dst)["genA2B"]
+    for got, want in zip(jax_leaves(state), jax_leaves(_state(2)), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("command", ["infer", "export", "convert"])
 def test_a_damaged_step_asked_for_is_one_error_line(intact, tmp_path, capsys, command):
-    """(p2c-evaluate's: tests/cli/test_evaluate.py, which has the Inception weights it needs.)"""
+    """(p2c-evaluate's: tests/cli/test_evaluate.py, which has the Inception weights it needs.)
+    Nothing is written."""
     step4 = _damaged(intact, tmp_path, "garbled") / CHECKPOINTS / "4"
     common = ["--weights", str(step4), "--compile_cache", "none"]
+    out = tmp_path / "out"
     if command == "infer":
-        argv = [str(intact / "face.png"), "--output", str(tmp_path / "out"), "--no_preprocess"]
+        argv = [str(intact / "face.png"), "--output", str(out), "--no_preprocess"]
         assert infer.main([*argv, *common]) == 2
+    elif command == "export":
+        assert export.main([*common, "--format", "stablehlo", "--dst", str(out)]) == 2
     else:
-        assert export.main([*common, "--format", "stablehlo", "--dst", str(tmp_path / "g")]) == 2
+        assert convert.main(["--src", str(step4), "--dst", str(out.with_suffix(".pt"))]) == 2
+    assert not list(tmp_path.glob("out*"))
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"error: unusable weights: {step4}: does not restore ("), line
+    unusable = "" if command == "convert" else "unusable weights: "
+    assert line.startswith(f"error: {unusable}{step4}: does not restore ("), line
     assert line.endswith(
         f"; pass another of its steps (2) or the workdir {step4.parent.parent} itself (its "
         "newest step that restores)"
