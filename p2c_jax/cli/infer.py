@@ -174,14 +174,24 @@ def compile_only(args: argparse.Namespace) -> int:
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
-    """The flags, and those for Beam: with ``--runner`` the flags ``parser`` does not know;
-    without, those are errors."""
+    """The flags, and those for Beam: with ``--runner`` the flags ``parser`` does not know that
+    are Beam pipeline options (others are refused, as p2c-preprocess does); without, those
+    are errors."""
     argv = list(sys.argv[1:] if argv is None else argv)
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--runner")
     if probe.parse_known_args(argv)[0].runner is None:
         return parser.parse_args(argv), []
-    return parser.parse_known_args(argv)
+    from preprocessing import beam_runner
+    from preprocessing.extras import MissingExtraError
+
+    def not_beams(rest: list[str]) -> list[str]:
+        try:
+            return beam_runner.unknown_flags(rest)
+        except MissingExtraError:  # main says so, naming the extra
+            return []
+
+    return parser.parse_args_passing(argv, not_beams)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,3 +132,20 @@ def test_train_py_misspelled_flag() -> None:
     )
     assert r.returncode == 2, r.stderr
     assert "unrecognized arguments: --imgsize (did you mean --img_size?) 96" in r.stderr, r.stderr
+
+
+def test_infer_with_a_runner_passes_beams_flags_and_refuses_others(capsys) -> None:
+    """p2c-infer --runner hands Beam's pipeline options to Beam, and refuses a flag that is
+    neither its own nor Beam's, as p2c-preprocess does (Beam itself would drop it)."""
+    from p2c_jax.cli.infer import parse
+
+    required = [*COMMANDS["p2c-infer"].required, "--runner", "FnApiRunner"]
+    args, beam = parse(_parser("p2c-infer"), [*required, "--direct_num_workers", "2"])
+    assert args.runner == "FnApiRunner" and beam == ["--direct_num_workers", "2"]
+    with pytest.raises(SystemExit) as e:
+        parse(_parser("p2c-infer"), [*required, "--direct_num_worker", "2", "--wokers", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "unrecognized arguments: --direct_num_worker 2 --wokers (did you mean --workers?) 1" in err
+    )
