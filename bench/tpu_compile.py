@@ -38,18 +38,20 @@ def compile_one(name: str, args: argparse.Namespace) -> dict:
     from flax import nnx
 
     from p2c_jax import aot, topology
-    from p2c_jax.nn.layers import CONV_OUTPUT
-    from p2c_jax.nn.models import NetSpec, abstract, graphdef
+    from p2c_jax.nn.models import abstract, training_specs
     from p2c_jax.nn.numerics import Numerics
     from p2c_jax.parallel import abstract_replicated, batch_sharding, make_mesh
+    from p2c_jax.train.config import Hparams
+    from p2c_jax.train.state import TrainModel
+    from p2c_jax.train.step import TrainStep
 
     grad, matmul = PROGRAMS[name]
     devices = topology.devices(args.topology)
     mesh = make_mesh(devices)
-    spec = NetSpec("generator", args.ch, img_size=args.img_size, light=True)
-    net = graphdef(spec, Numerics(args.precision, matmul_kernel_grads=matmul))
-    keep = jax.checkpoint_policies.save_only_these_names(CONV_OUTPUT)
-    generator = jax.checkpoint(lambda p, x: nnx.merge(net, p)(x)[:2], policy=keep)
+    specs = training_specs(args.ch, args.img_size, light=True)
+    model = TrainModel(specs, None, Numerics(args.precision, matmul_kernel_grads=matmul))
+    generator = TrainStep(model, Hparams()).translate  # the step's: convolution outputs kept
+    spec = specs["genA2B"]
 
     def loss(params, x):
         y, cam = generator(params, x)
