@@ -332,18 +332,22 @@ class Program:
 @dataclasses.dataclass(frozen=True)
 class Memory:
     """Bytes per device of a compiled program: its arguments, outputs, temporaries, the
-    outputs that alias (donated) arguments, and the peak total (arguments + outputs +
-    temporaries, less what aliases, plus the generated code)."""
+    outputs that alias (donated) arguments, the generated code, and XLA's peak of the buffers
+    live at once. The need (``total``) is the peak plus the code: the peak is what XLA:TPU
+    holds against the chip's HBM as it compiles, while ``temporaries`` is its allocation for
+    them, which can exceed what is ever live at once (docs/tpu.md). The peak counts the
+    arguments on a TPU or GPU, not on XLA:CPU."""
 
     arguments: int
     outputs: int
     temporaries: int
     aliased: int
     code: int
+    peak: int
 
     @property
     def total(self) -> int:
-        return self.arguments + self.outputs + self.temporaries - self.aliased + self.code
+        return self.peak + self.code
 
 
 def memory(compiled: Compiled) -> Memory:
@@ -354,6 +358,7 @@ def memory(compiled: Compiled) -> Memory:
         temporaries=m.temp_size_in_bytes,
         aliased=m.alias_size_in_bytes,
         code=m.generated_code_size_in_bytes,
+        peak=m.peak_memory_in_bytes,
     )
 
 

@@ -18,7 +18,7 @@ from p2c_jax import aot, paths, topology
 REPORT = "compile_report.json"
 #: the largest per-chip batch the search tries
 SEARCH_LIMIT = 1024
-_MEMORY_KEYS = ("arguments", "outputs", "temporaries", "aliased", "code", "total")
+_MEMORY_KEYS = ("arguments", "outputs", "temporaries", "aliased", "code", "peak", "total")
 # what only a compiled program tells: None in the report of a refused one
 _PROGRAM_KEYS = (
     "collectives",
@@ -214,7 +214,7 @@ def table(r: dict, net: str) -> str:
                 "",
                 f"arguments {size(m['arguments'])}, outputs {size(m['outputs'])}, "
                 f"temporaries {size(m['temporaries'])}, donated {size(m['aliased'])}, "
-                f"code {size(m['code'])}",
+                f"code {size(m['code'])}; peak {size(m['peak'])}",
             ),
         ]
     if r["max_batch_per_chip"] is not None:

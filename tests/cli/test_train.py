@@ -56,7 +56,9 @@ def test_max_batch_search_compiles_until_the_largest_that_fits(tmp_path, capsys,
 
     def fake_costs(compiled, devices, precision, batch_per_chip, num_slices=1):
         total = 1000 * batch_per_chip
-        memory = dict.fromkeys(("arguments", "outputs", "temporaries", "aliased", "code"), 0)
+        memory = dict.fromkeys(
+            ("arguments", "outputs", "temporaries", "aliased", "code", "peak"), 0
+        )
         if compiled is not None:  # refused: what the compiler said, as aot_report.costs
             return {
                 "usable_bytes": largest * 1000,
