@@ -227,7 +227,9 @@ def test_damaged_weights_are_one_line(command, which, damaged, tmp_path, capsys)
 def test_infer_says_warnings_once_and_where_it_wrote(checkpoint_64, tmp_path) -> None:
     """A subprocess, as a user runs it: the warning that the generator runs at 256, not at the
     64 it was trained at, is ``warning: ...`` once (not ``WARNING:p2c_jax.inference:warning:
-    ...``), and the last line names the output folder."""
+    ...``), and the last line names the output folder. On the CPU: where libtpu is installed
+    (the tpu extra), jax's probe for a TPU on a host without one prints libtpu's own warnings,
+    unless another process (a tpu test's worker) holds libtpu at the time."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [
@@ -243,6 +245,7 @@ def test_infer_says_warnings_once_and_where_it_wrote(checkpoint_64, tmp_path) ->
             str(out),
         ],
         cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=600,
