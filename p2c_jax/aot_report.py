@@ -18,7 +18,7 @@ from p2c_jax import aot, paths, topology
 REPORT = "compile_report.json"
 #: the largest per-chip batch the search tries
 SEARCH_LIMIT = 1024
-_MEMORY_KEYS = ("arguments", "outputs", "temporaries", "aliased", "code", "peak", "total")
+_MEMORY_KEYS = (*(f.name for f in dataclasses.fields(aot.Memory)), "total")
 # what only a compiled program tells: None in the report of a refused one
 _PROGRAM_KEYS = (
     "collectives",
