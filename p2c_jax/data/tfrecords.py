@@ -198,6 +198,9 @@ def read_tfrecord_images(data_dir: PathLike, split: str) -> Iterator[tuple[str, 
 # ---------------------------------------------------------------------------- streaming
 
 
+MAX_SHARE_SPREAD = 0.1  # the largest share of files at most 10 % over the smallest
+
+
 @dataclass(frozen=True)
 class HostShard:
     """The records one process reads in each epoch.
@@ -214,13 +217,15 @@ class HostShard:
 
 
 def host_shard(split: SplitFiles, process_index: int, process_count: int) -> HostShard:
-    """Files sharded when their number is a multiple of `process_count` (tfds's shards are
-    equal to within a record, so every process gets as many records and samples its own
-    evenly), records sharded by index otherwise."""
-    if len(split.files) % process_count == 0:
-        files = split.files[process_index::process_count]
-        size = sum(split.lengths[process_index::process_count])
-        shard = HostShard(files, size, True)
+    """Files sharded (each process reads only its own) when their number is a multiple of
+    `process_count` and the processes' shares differ by at most `MAX_SHARE_SPREAD` (tfds's
+    shards are equal to within a record, the Beam pipeline's to about the square root of their
+    size); records sharded by index otherwise, since a process with a smaller share would draw
+    its images more often."""
+    sizes = [sum(split.lengths[p::process_count]) for p in range(process_count)]
+    even = max(sizes) <= (1 + MAX_SHARE_SPREAD) * min(sizes)
+    if len(split.files) % process_count == 0 and even:
+        shard = HostShard(split.files[process_index::process_count], sizes[process_index], True)
     else:
         shard = HostShard(split.files, len(range(process_index, split.size, process_count)), False)
     if shard.size == 0:

@@ -94,6 +94,19 @@ def test_processes_read_disjoint_records_covering_the_split(records, source, sha
     assert names[:N_TRAIN] != names[N_TRAIN:]
 
 
+@pytest.mark.parametrize(
+    ("lengths", "by_file", "sizes"),
+    [((10, 9, 10, 10), True, [20, 19]), ((10, 8, 10, 9), False, [19, 18])],
+)
+def test_files_are_shared_only_where_they_share_the_records_evenly(lengths, by_file, sizes):
+    """Four files for two processes: by file where one share is 5 % over the other, by record
+    where it would be 11 % over (``tfrecords.MAX_SHARE_SPREAD``)."""
+    split = tfrecords.SplitFiles(tuple(f"f{i}" for i in range(len(lengths))), lengths)
+    hosts = [tfrecords.host_shard(split, p, 2) for p in range(2)]
+    assert [h.by_file for h in hosts] == [by_file] * 2 and [h.size for h in hosts] == sizes
+    assert hosts[0].files == (("f0", "f2") if by_file else split.files)
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_streams_are_deterministic_and_resume_exactly(records, process_count):
     kw = {"process_index": process_count - 1, "process_count": process_count}
