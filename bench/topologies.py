@@ -69,12 +69,14 @@ def compile_row(
         code = os.waitstatus_to_exitcode(status)
         row["wall_seconds"] = round(time.perf_counter() - start, 1)
         row["host_peak_rss_bytes"] = usage.ru_maxrss * 1024
+        # the batches a --max_batch_search tried, or the last line: what a stopped row leaves
+        lines = log.read_text(errors="replace").strip().splitlines()
+        said = "; ".join([x for x in lines if x.startswith("batch ")] or lines[-1:])
         if row["wall_seconds"] >= args.timeout:
-            return {**row, "error": f"stopped after {args.timeout:.0f} s"}
+            return {**row, "error": f"stopped after {args.timeout:.0f} s: {said}"}
         reports = list(Path(workdir).rglob("compile_report.json"))
         if code or not reports:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-            return {**row, "error": f"exit {code}: {' '.join(tail)}"}
+            return {**row, "error": f"exit {code}: {said}"}
         report = json.loads(reports[0].read_text())
     return {**row, **report}
 
